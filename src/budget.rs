@@ -1,0 +1,170 @@
+//! Per-task time accounting within a window.
+//!
+//! A task is judged by what it does within a sliding-forward window of wall
+//! time (`budget_window`, 100 ms by default): how many of its polls were slow
+//! (strikes) and how much worker time it took in total (busy). The window is
+//! private to the task's wrapper and touched only by the thread polling it,
+//! so charging a poll is plain arithmetic: no atomics, no shared cache line.
+//!
+//! Short polls are free: only polls of at least a quarter of the slow-poll
+//! threshold count towards the budget. A task that yields every few
+//! microseconds is the cooperative behaviour Tokio's scheduler already keeps
+//! fair, however much CPU it uses in total; a task whose polls are long but
+//! each just under the threshold is the one the budget exists to catch.
+
+/// Limits a window is judged against, in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BudgetLimits {
+    /// A poll longer than this is a strike.
+    pub slow_poll_ns: u64,
+    /// Worker time a task may take within one window, in polls of at
+    /// least `charge_floor_ns`.
+    pub cpu_budget_ns: u64,
+    /// Polls shorter than this are not charged to the budget.
+    pub charge_floor_ns: u64,
+    /// Length of a window.
+    pub window_ns: u64,
+    /// Strikes within one window that make it a bad window.
+    pub strikes: u32,
+}
+
+/// What the poll just charged says about the current window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WindowVerdict {
+    /// The window is still open and has not gone bad.
+    Open,
+    /// The window went bad (too many strikes, or over budget); it is closed
+    /// early so the task can be dealt with now rather than at window end.
+    Bad,
+    /// One or more windows ended with no violation. Time the task spent
+    /// idle counts as good behaviour, so a long gap closes several.
+    Clean(u32),
+}
+
+/// The accounting of the current window.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WindowBudget {
+    start_ns: u64,
+    busy_ns: u64,
+    strikes: u32,
+}
+
+impl WindowBudget {
+    /// A window opening at `now_ns`.
+    pub(crate) fn new(now_ns: u64) -> Self {
+        WindowBudget {
+            start_ns: now_ns,
+            busy_ns: 0,
+            strikes: 0,
+        }
+    }
+
+    /// Charges one poll that ran from `start_ns` to `end_ns`.
+    #[inline]
+    pub(crate) fn charge(
+        &mut self,
+        limits: &BudgetLimits,
+        start_ns: u64,
+        end_ns: u64,
+    ) -> WindowVerdict {
+        let poll_ns = end_ns.saturating_sub(start_ns);
+        if poll_ns >= limits.charge_floor_ns {
+            self.busy_ns = self.busy_ns.saturating_add(poll_ns);
+        }
+        self.strikes += u32::from(poll_ns > limits.slow_poll_ns);
+        if self.strikes >= limits.strikes || self.busy_ns > limits.cpu_budget_ns {
+            *self = WindowBudget::new(end_ns);
+            return WindowVerdict::Bad;
+        }
+        let elapsed = end_ns.saturating_sub(self.start_ns);
+        if elapsed < limits.window_ns {
+            return WindowVerdict::Open;
+        }
+        let windows = u32::try_from(elapsed / limits.window_ns).unwrap_or(u32::MAX);
+        *self = WindowBudget::new(end_ns);
+        WindowVerdict::Clean(windows)
+    }
+
+    /// Strikes counted so far in the open window.
+    #[cfg(test)]
+    pub(crate) fn strikes(&self) -> u32 {
+        self.strikes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const LIMITS: BudgetLimits = BudgetLimits {
+        slow_poll_ns: MS,
+        cpu_budget_ns: 30 * MS,
+        charge_floor_ns: MS / 4,
+        window_ns: 100 * MS,
+        strikes: 2,
+    };
+
+    #[test]
+    fn fast_polls_close_clean_windows() {
+        let mut w = WindowBudget::new(0);
+        let mut t = 0;
+        let mut verdicts = Vec::new();
+        while t < 250 * MS {
+            verdicts.push(w.charge(&LIMITS, t, t + 10_000));
+            t += MS;
+        }
+        let clean: u32 = verdicts
+            .iter()
+            .map(|v| match v {
+                WindowVerdict::Clean(n) => *n,
+                WindowVerdict::Open => 0,
+                WindowVerdict::Bad => panic!("fast polls made a bad window"),
+            })
+            .sum();
+        assert_eq!(clean, 2);
+    }
+
+    #[test]
+    fn second_slow_poll_in_a_window_makes_it_bad_at_once() {
+        let mut w = WindowBudget::new(0);
+        assert_eq!(w.charge(&LIMITS, 0, 2 * MS), WindowVerdict::Open);
+        assert_eq!(w.strikes(), 1);
+        assert_eq!(w.charge(&LIMITS, 3 * MS, 5 * MS), WindowVerdict::Bad);
+        assert_eq!(w.strikes(), 0, "a bad window starts a fresh one");
+    }
+
+    #[test]
+    fn many_short_polls_over_budget_make_a_bad_window() {
+        let mut w = WindowBudget::new(0);
+        let mut t = 0;
+        let verdict = loop {
+            let v = w.charge(&LIMITS, t, t + MS / 2);
+            if v != WindowVerdict::Open {
+                break v;
+            }
+            t += MS / 2;
+        };
+        assert_eq!(verdict, WindowVerdict::Bad);
+        assert!(t < 31 * MS, "budget overrun noticed late, at {t} ns");
+    }
+
+    #[test]
+    fn short_polls_are_free_however_many() {
+        let mut w = WindowBudget::new(0);
+        let mut t = 0;
+        while t < 1_000 * MS {
+            assert_ne!(w.charge(&LIMITS, t, t + 20_000), WindowVerdict::Bad);
+            t += 20_000;
+        }
+    }
+
+    #[test]
+    fn idle_time_counts_as_clean_windows() {
+        let mut w = WindowBudget::new(0);
+        assert_eq!(
+            w.charge(&LIMITS, 550 * MS, 550 * MS + 10),
+            WindowVerdict::Clean(5)
+        );
+    }
+}

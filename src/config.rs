@@ -1,0 +1,334 @@
+//! Configuration: profiles, the builder, and validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::budget::BudgetLimits;
+use crate::tier::{EscalationPolicy, Tier};
+use crate::timing::as_nanos;
+
+/// A preset of thresholds. Start from one and override single values on the
+/// [`PulseBuilder`].
+///
+/// | | slow poll | CPU budget / window | slow polls for a bad window | clean windows to demote |
+/// |---|---|---|---|---|
+/// | `Aggressive` | 250 µs | 10 ms / 100 ms | 1 | 20 (2 s) |
+/// | `Balanced` | 1 ms | 30 ms / 100 ms | 2 | 10 (1 s) |
+/// | `Permissive` | 5 ms | 60 ms / 100 ms | 4 | 5 (0.5 s) |
+///
+/// `Balanced` follows Tokio's guidance that a task should reach an `.await`
+/// every 10 to 100 µs: a poll ten times past that is clearly a bug, and two
+/// of them within 100 ms is a pattern rather than an accident.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// Catches hogs early and forgives slowly: for latency-critical services.
+    Aggressive,
+    /// The default.
+    #[default]
+    Balanced,
+    /// Acts only on gross misbehaviour: for batch-heavy runtimes.
+    Permissive,
+}
+
+impl Profile {
+    fn defaults(self) -> Config {
+        let ms = Duration::from_millis;
+        let (slow, budget, strikes, clean) = match self {
+            Profile::Aggressive => (Duration::from_micros(250), ms(10), 1, 20),
+            Profile::Balanced => (ms(1), ms(30), 2, 10),
+            Profile::Permissive => (ms(5), ms(60), 4, 5),
+        };
+        Config {
+            slow_poll_threshold: slow,
+            cpu_budget: budget,
+            budget_window: ms(100),
+            slow_polls_per_window: strikes,
+            clean_windows_to_demote: clean,
+            max_tier: Tier::Isolate,
+            max_warnings_per_second: 100,
+        }
+    }
+}
+
+/// A configuration value that [`PulseBuilder::build`] refused.
+///
+/// The `Display` message names the setter and the rule it broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A duration or count that must be positive was zero.
+    Zero {
+        /// The builder method that set it.
+        field: &'static str,
+    },
+    /// A value was outside the range it must lie in.
+    OutOfRange {
+        /// The builder method that set it.
+        field: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// The rule, e.g. "at most 60s".
+        rule: &'static str,
+    },
+    /// Two values contradict each other.
+    Inconsistent {
+        /// The builder method whose value is wrong relative to the other.
+        field: &'static str,
+        /// What the two values are and why they cannot go together.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Zero { field } => write!(f, "`{field}` must be greater than zero"),
+            ConfigError::OutOfRange { field, value, rule } => {
+                write!(f, "`{field}` is {value}, but it must be {rule}")
+            }
+            ConfigError::Inconsistent { field, reason } => write!(f, "`{field}`: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    pub slow_poll_threshold: Duration,
+    pub cpu_budget: Duration,
+    pub budget_window: Duration,
+    pub slow_polls_per_window: u32,
+    pub clean_windows_to_demote: u32,
+    pub max_tier: Tier,
+    pub max_warnings_per_second: u32,
+}
+
+impl Config {
+    pub(crate) fn escalation_policy(&self, max_tier: Tier) -> EscalationPolicy {
+        EscalationPolicy {
+            limits: BudgetLimits {
+                slow_poll_ns: as_nanos(self.slow_poll_threshold),
+                cpu_budget_ns: as_nanos(self.cpu_budget),
+                charge_floor_ns: as_nanos(self.slow_poll_threshold) / 4,
+                window_ns: as_nanos(self.budget_window),
+                strikes: self.slow_polls_per_window,
+            },
+            clean_windows: self.clean_windows_to_demote,
+            max_tier: self.max_tier.min(max_tier),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        const MAX_WINDOW: Duration = Duration::from_secs(60);
+        let positive = [
+            ("slow_poll_threshold", self.slow_poll_threshold),
+            ("cpu_budget", self.cpu_budget),
+            ("budget_window", self.budget_window),
+        ];
+        for (field, d) in positive {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        let counts = [
+            ("slow_polls_per_window", self.slow_polls_per_window),
+            ("clean_windows_to_demote", self.clean_windows_to_demote),
+            ("max_warnings_per_second", self.max_warnings_per_second),
+        ];
+        for (field, n) in counts {
+            if n == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.budget_window > MAX_WINDOW {
+            return Err(ConfigError::OutOfRange {
+                field: "budget_window",
+                value: format!("{:?}", self.budget_window),
+                rule: "at most 60s (a longer window reacts too late to be useful)",
+            });
+        }
+        if self.cpu_budget > self.budget_window {
+            return Err(ConfigError::Inconsistent {
+                field: "cpu_budget",
+                reason: format!(
+                    "the budget ({:?}) is longer than its window ({:?}); a task cannot run longer than the window it is measured in",
+                    self.cpu_budget, self.budget_window
+                ),
+            });
+        }
+        if self.slow_poll_threshold >= self.budget_window {
+            return Err(ConfigError::Inconsistent {
+                field: "slow_poll_threshold",
+                reason: format!(
+                    "the threshold ({:?}) must be shorter than the window ({:?}) that counts slow polls",
+                    self.slow_poll_threshold, self.budget_window
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Profile::default().defaults()
+    }
+}
+
+/// Builds a [`Pulse`](crate::Pulse). Obtain one with [`Pulse::builder`](crate::Pulse::builder).
+///
+/// Setters only record values; [`build`](PulseBuilder::build) validates them
+/// all and says which one is wrong.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio_pulse::{Profile, Pulse};
+///
+/// let pulse = Pulse::builder()
+///     .profile(Profile::Aggressive)
+///     .slow_poll_threshold(Duration::from_micros(500))
+///     .build()?;
+/// # Ok::<(), tokio_pulse::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PulseBuilder {
+    profile: Profile,
+    overrides: Overrides,
+}
+
+/// Values set explicitly, applied over the profile's defaults at build time
+/// so that `profile()` may be called before or after the setters.
+#[derive(Clone, Debug, Default)]
+struct Overrides {
+    slow_poll_threshold: Option<Duration>,
+    cpu_budget: Option<Duration>,
+    budget_window: Option<Duration>,
+    slow_polls_per_window: Option<u32>,
+    clean_windows_to_demote: Option<u32>,
+    max_tier: Option<Tier>,
+    max_warnings_per_second: Option<u32>,
+}
+
+impl PulseBuilder {
+    pub(crate) fn new() -> Self {
+        PulseBuilder {
+            profile: Profile::default(),
+            overrides: Overrides::default(),
+        }
+    }
+
+    /// The preset the other values default to. `Balanced` if not called.
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// A poll that holds its worker longer than this is slow: a strike
+    /// against the task. Must be positive and shorter than `budget_window`.
+    pub fn slow_poll_threshold(mut self, threshold: Duration) -> Self {
+        self.overrides.slow_poll_threshold = Some(threshold);
+        self
+    }
+
+    /// Worker time a task may use within one `budget_window` before the
+    /// window counts against it. Only polls of at least a quarter of the
+    /// slow-poll threshold are charged: a task that yields every few
+    /// microseconds is cooperative however busy it is, while one whose polls
+    /// are each just under the threshold is caught here. Must be positive and
+    /// no longer than the window.
+    pub fn cpu_budget(mut self, budget: Duration) -> Self {
+        self.overrides.cpu_budget = Some(budget);
+        self
+    }
+
+    /// The window over which slow polls and time used are judged
+    /// (default 100 ms). Positive, at most 60 s.
+    pub fn budget_window(mut self, window: Duration) -> Self {
+        self.overrides.budget_window = Some(window);
+        self
+    }
+
+    /// Slow polls within one window that make it a bad window and promote
+    /// the task one tier. At least 1.
+    pub fn slow_polls_per_window(mut self, count: u32) -> Self {
+        self.overrides.slow_polls_per_window = Some(count);
+        self
+    }
+
+    /// Consecutive clean windows after which a promoted task is demoted one
+    /// tier: the hysteresis that keeps tiers from flapping. At least 1.
+    pub fn clean_windows_to_demote(mut self, count: u32) -> Self {
+        self.overrides.clean_windows_to_demote = Some(count);
+        self
+    }
+
+    /// The highest tier tasks may reach: `Tier::Warn` observes and reports
+    /// without ever intervening. Default `Tier::Isolate`.
+    pub fn max_tier(mut self, tier: Tier) -> Self {
+        self.overrides.max_tier = Some(tier);
+        self
+    }
+
+    /// Upper bound on escalation warnings emitted through `tracing` per
+    /// second, across all tasks, so a storm of hogs cannot flood the logs.
+    /// At least 1; default 100.
+    pub fn max_warnings_per_second(mut self, count: u32) -> Self {
+        self.overrides.max_warnings_per_second = Some(count);
+        self
+    }
+
+    /// Validates the configuration and creates the [`Pulse`](crate::Pulse).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first value that breaks a rule.
+    pub fn build(self) -> Result<crate::Pulse, ConfigError> {
+        let config = self.config()?;
+        Ok(crate::Pulse::from_config(config))
+    }
+
+    pub(crate) fn config(&self) -> Result<Config, ConfigError> {
+        let o = &self.overrides;
+        let d = self.profile.defaults();
+        let config = Config {
+            slow_poll_threshold: o.slow_poll_threshold.unwrap_or(d.slow_poll_threshold),
+            cpu_budget: o.cpu_budget.unwrap_or(d.cpu_budget),
+            budget_window: o.budget_window.unwrap_or(d.budget_window),
+            slow_polls_per_window: o.slow_polls_per_window.unwrap_or(d.slow_polls_per_window),
+            clean_windows_to_demote: o
+                .clean_windows_to_demote
+                .unwrap_or(d.clean_windows_to_demote),
+            max_tier: o.max_tier.unwrap_or(d.max_tier),
+            max_warnings_per_second: o
+                .max_warnings_per_second
+                .unwrap_or(d.max_warnings_per_second),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_is_valid() {
+        for p in [Profile::Aggressive, Profile::Balanced, Profile::Permissive] {
+            p.defaults().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn setters_override_the_profile_in_any_order() {
+        let c = PulseBuilder::new()
+            .slow_poll_threshold(Duration::from_millis(3))
+            .profile(Profile::Aggressive)
+            .config()
+            .unwrap();
+        assert_eq!(c.slow_poll_threshold, Duration::from_millis(3));
+        assert_eq!(c.cpu_budget, Profile::Aggressive.defaults().cpu_budget);
+    }
+}

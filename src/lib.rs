@@ -1,0 +1,87 @@
+//! Keeps a Tokio runtime responsive when some of its tasks misbehave.
+//!
+//! Tokio schedules cooperatively: a task runs until its future returns
+//! `Pending`. A task that computes for milliseconds between `.await`s, or
+//! blocks its thread, holds a worker, and every task queued behind it waits.
+//! Timers fire late, request latency grows, health checks time out.
+//!
+//! ```no_run
+//! # async fn f() {
+//! // Holds a worker for ~50 ms per poll: every other task on that worker waits.
+//! tokio::spawn(async {
+//!     loop {
+//!         let _hash = expensive_hash_of_a_big_buffer(); // 50 ms, no .await inside
+//!         tokio::task::yield_now().await;
+//!     }
+//! });
+//! # }
+//! # fn expensive_hash_of_a_big_buffer() {}
+//! ```
+//!
+//! tokio-pulse times every poll of the tasks it manages, judges each task
+//! over short windows, and moves it through tiers of intervention:
+//!
+//! | [`Tier`] | what happens |
+//! |---|---|
+//! | `Monitor` | polls are measured, nothing more |
+//! | `Warn` | one structured `tracing` warning on entry; CPU time is sampled |
+//! | `Yield` | the task is deferred behind well-behaved work; [`checkpoint`] yields sooner |
+//! | `Isolate` | the task is kept away from the main workers |
+//!
+//! A bad window (too many slow polls, or more worker time than the budget)
+//! promotes a task one tier; a run of clean windows demotes it one tier.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokio_pulse::{Pulse, Tier};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() {
+//! let pulse = Pulse::builder()
+//!     .slow_poll_threshold(Duration::from_millis(1))
+//!     .build()
+//!     .expect("valid configuration");
+//!
+//! // A hog: 5 ms of work per poll.
+//! let hog = pulse.spawn_named("hog", async {
+//!     for _ in 0..40 {
+//!         let t = std::time::Instant::now();
+//!         while t.elapsed() < Duration::from_millis(5) {}
+//!         tokio::task::yield_now().await;
+//!     }
+//! });
+//! hog.await.unwrap();
+//! # }
+//! ```
+//!
+//! # Costs
+//!
+//! Per poll of a well-behaved managed task: two TSC reads and a few relaxed
+//! atomic loads and stores on the task's own state; no allocation, lock or
+//! map lookup. Thread CPU time (a ~200 ns syscall-class read) is only read
+//! around polls of tasks already at `Warn` or above.
+
+mod budget;
+mod checkpoint;
+mod config;
+mod context;
+mod hooks;
+mod managed;
+mod observe;
+mod pulse;
+mod registry;
+mod snapshot;
+mod task;
+mod tier;
+mod timing;
+
+pub use checkpoint::{Checkpoint, checkpoint};
+pub use config::{ConfigError, Profile, PulseBuilder};
+pub use hooks::{PollReport, PreemptionHooks};
+pub use managed::Managed;
+pub use pulse::{Pulse, PulseExt};
+pub use snapshot::{Snapshot, TaskSnapshot};
+pub use task::{TaskId, TaskInfo};
+pub use tier::Tier;

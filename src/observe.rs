@@ -1,0 +1,110 @@
+//! Structured `tracing` events for tier changes.
+//!
+//! One event per tier change, never per poll. Promotions are warnings
+//! (target `tokio_pulse::observe`); demotions are `info`. A process-wide rate limit
+//! caps warnings per second, so a storm of hogs cannot flood the logs; what
+//! the limiter drops is still counted in every task's snapshot.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use crate::task::TaskShared;
+use crate::tier::TierChange;
+
+/// At most `max` events per wall-clock second.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    max: u32,
+    second: AtomicU64,
+    count: AtomicU32,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(max: u32) -> Self {
+        RateLimiter {
+            max,
+            second: AtomicU64::new(0),
+            count: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes one permit for an event at `now_ns`, if any are left this second.
+    pub(crate) fn allow(&self, now_ns: u64) -> bool {
+        let second = now_ns / 1_000_000_000;
+        let seen = self.second.load(Relaxed);
+        if second != seen
+            && self
+                .second
+                .compare_exchange(seen, second, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.count.store(0, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed) < self.max
+    }
+}
+
+/// What the engine knew about the poll that caused a tier change.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChangeCause {
+    pub poll_ns: u64,
+    /// CPU time of that poll, measured only for suspects.
+    pub cpu_ns: Option<u64>,
+}
+
+pub(crate) fn tier_changed(
+    shared: &TaskShared,
+    change: TierChange,
+    cause: ChangeCause,
+    limiter: &RateLimiter,
+    now_ns: u64,
+) {
+    let name = shared.name.as_deref().unwrap_or("");
+    let location = shared.location;
+    let id = shared.id.0;
+    let to = change.to;
+    let poll_us = cause.poll_ns / 1_000;
+    if change.to > change.from {
+        if !limiter.allow(now_ns) {
+            return;
+        }
+        // A poll that used much less CPU than wall time was blocked (a
+        // syscall, a lock, a sleep) rather than computing.
+        let blocking = cause
+            .cpu_ns
+            .map(|cpu| cpu.saturating_mul(2) < cause.poll_ns);
+        tracing::warn!(
+            task.id = id,
+            task.name = name,
+            task.location = %location,
+            tier = change.to.as_str(),
+            from = change.from.as_str(),
+            poll_us,
+            cpu_us = cause.cpu_ns.map(|c| c / 1_000),
+            blocking,
+            "task promoted to {to}: it held its worker for {poll_us} us in one poll ({location})",
+        );
+    } else {
+        tracing::info!(
+            task.id = id,
+            task.name = name,
+            task.location = %location,
+            tier = change.to.as_str(),
+            from = change.from.as_str(),
+            "task demoted to {to} after behaving",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_caps_per_second_and_refills() {
+        let l = RateLimiter::new(3);
+        let s = 1_000_000_000;
+        let allowed = (0..10).filter(|i| l.allow(5 * s + i)).count();
+        assert_eq!(allowed, 3);
+        assert!(l.allow(6 * s));
+    }
+}

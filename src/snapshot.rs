@@ -1,0 +1,93 @@
+//! Point-in-time views of the managed tasks.
+
+use std::borrow::Cow;
+use std::panic::Location;
+use std::time::Duration;
+
+use crate::task::{TaskId, TaskShared};
+use crate::tier::Tier;
+use crate::timing::nanos;
+
+/// The state of every live managed task at one moment, from
+/// [`Pulse::snapshot`](crate::Pulse::snapshot).
+///
+/// Counters are read one task at a time without stopping the runtime, so a
+/// snapshot is consistent per task, not across tasks.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// One entry per live task, in no particular order.
+    pub tasks: Vec<TaskSnapshot>,
+    /// Live tasks per tier, indexed by [`Tier::index`].
+    pub tier_counts: [usize; 4],
+}
+
+impl Snapshot {
+    /// Live tasks in `tier`.
+    pub fn count(&self, tier: Tier) -> usize {
+        self.tier_counts[tier.index()]
+    }
+
+    /// The task with this id, if it is still alive.
+    pub fn task(&self, id: TaskId) -> Option<&TaskSnapshot> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// The first live task with this name.
+    pub fn named(&self, name: &str) -> Option<&TaskSnapshot> {
+        self.tasks.iter().find(|t| t.name.as_deref() == Some(name))
+    }
+
+    /// The `n` tasks that have held workers longest in total, worst first.
+    pub fn worst(&self, n: usize) -> Vec<&TaskSnapshot> {
+        let mut tasks: Vec<&TaskSnapshot> = self.tasks.iter().collect();
+        tasks.sort_by(|a, b| b.total_poll_time.cmp(&a.total_poll_time));
+        tasks.truncate(n);
+        tasks
+    }
+}
+
+/// One managed task as seen by a [`Snapshot`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TaskSnapshot {
+    /// The task's id.
+    pub id: TaskId,
+    /// The name given at spawn, if any.
+    pub name: Option<Cow<'static, str>>,
+    /// Where the task was spawned (or wrapped with `PulseExt::pulse`).
+    pub location: &'static Location<'static>,
+    /// Current tier.
+    pub tier: Tier,
+    /// Polls of the task's future so far.
+    pub polls: u64,
+    /// Polls that exceeded the slow-poll threshold.
+    pub slow_polls: u64,
+    /// Wall time spent in the task's polls. Divide by `polls` for the mean.
+    pub total_poll_time: Duration,
+    /// The longest single poll.
+    pub max_poll_time: Duration,
+    /// Thread CPU time of the polls made while the task was a suspect
+    /// (tier `Warn` or above); zero for a task that has always behaved,
+    /// because reading CPU time costs ~200 ns and is not done for it.
+    /// Much less than the wall time of the same polls means the task was
+    /// blocking its worker rather than computing.
+    pub cpu_time: Duration,
+}
+
+impl TaskSnapshot {
+    pub(crate) fn of(task: &TaskShared) -> Self {
+        let c = task.counters();
+        TaskSnapshot {
+            id: task.id,
+            name: task.name.clone(),
+            location: task.location,
+            tier: task.tier(),
+            polls: c.polls,
+            slow_polls: c.slow_polls,
+            total_poll_time: nanos(c.busy_ns),
+            max_poll_time: nanos(c.max_poll_ns),
+            cpu_time: nanos(c.cpu_ns),
+        }
+    }
+}
