@@ -122,10 +122,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         const MAX_WINDOW: Duration = Duration::from_secs(60);
+        // The window first: an unset budget is derived from it.
         let positive = [
+            ("budget_window", self.budget_window),
             ("slow_poll_threshold", self.slow_poll_threshold),
             ("cpu_budget", self.cpu_budget),
-            ("budget_window", self.budget_window),
         ];
         for (field, d) in positive {
             if d.is_zero() {
@@ -234,7 +235,8 @@ impl PulseBuilder {
     }
 
     /// Worker time a task may use within one `budget_window` before the
-    /// window counts against it. Only polls of at least a quarter of the
+    /// window counts against it. If not set, it is the profile's share of
+    /// the window (30 % for `Balanced`), also when the window is changed. Only polls of at least a quarter of the
     /// slow-poll threshold are charged: a task that yields every few
     /// microseconds is cooperative however busy it is, while one whose polls
     /// are each just under the threshold is caught here. Must be positive and
@@ -294,7 +296,11 @@ impl PulseBuilder {
         let d = self.profile.defaults();
         let config = Config {
             slow_poll_threshold: o.slow_poll_threshold.unwrap_or(d.slow_poll_threshold),
-            cpu_budget: o.cpu_budget.unwrap_or(d.cpu_budget),
+            // An unset budget keeps the profile's share of whatever window is set.
+            cpu_budget: o.cpu_budget.unwrap_or_else(|| match o.budget_window {
+                Some(w) => w.mul_f64(d.cpu_budget.as_secs_f64() / d.budget_window.as_secs_f64()),
+                None => d.cpu_budget,
+            }),
             budget_window: o.budget_window.unwrap_or(d.budget_window),
             slow_polls_per_window: o.slow_polls_per_window.unwrap_or(d.slow_polls_per_window),
             clean_windows_to_demote: o
@@ -330,5 +336,14 @@ mod tests {
             .unwrap();
         assert_eq!(c.slow_poll_threshold, Duration::from_millis(3));
         assert_eq!(c.cpu_budget, Profile::Aggressive.defaults().cpu_budget);
+    }
+
+    #[test]
+    fn unset_budget_scales_with_a_changed_window() {
+        let c = PulseBuilder::new()
+            .budget_window(Duration::from_millis(20))
+            .config()
+            .unwrap();
+        assert_eq!(c.cpu_budget, Duration::from_millis(6));
     }
 }

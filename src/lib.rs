@@ -85,3 +85,8 @@ pub use pulse::{Pulse, PulseExt};
 pub use snapshot::{Snapshot, TaskSnapshot};
 pub use task::{TaskId, TaskInfo};
 pub use tier::Tier;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -163,7 +163,9 @@ impl Default for Pulse {
 /// let local = tokio::task::LocalSet::new();
 /// let rc = std::rc::Rc::new(5); // not Send
 /// let out = local
-///     .run_until(tokio::task::spawn_local(async move { *rc * 2 }.pulse(&pulse)))
+///     .run_until(async move {
+///         tokio::task::spawn_local(async move { *rc * 2 }.pulse(&pulse)).await
+///     })
 ///     .await
 ///     .unwrap();
 /// assert_eq!(out, 10);

@@ -12,9 +12,11 @@ use crate::task::{TaskId, TaskShared};
 
 const SHARDS: usize = 32;
 
+type Shard = Mutex<HashMap<TaskId, Arc<TaskShared>>>;
+
 #[derive(Debug)]
 pub(crate) struct Registry {
-    shards: Box<[Mutex<HashMap<TaskId, Arc<TaskShared>>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Registry {
@@ -39,10 +41,6 @@ impl Registry {
 
     pub(crate) fn remove(&self, id: TaskId) {
         self.shard(id).remove(&id);
-    }
-
-    pub(crate) fn get(&self, id: TaskId) -> Option<Arc<TaskShared>> {
-        self.shard(id).get(&id).cloned()
     }
 
     /// Calls `f` on every live task, one shard locked at a time.

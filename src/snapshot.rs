@@ -41,7 +41,7 @@ impl Snapshot {
     /// The `n` tasks that have held workers longest in total, worst first.
     pub fn worst(&self, n: usize) -> Vec<&TaskSnapshot> {
         let mut tasks: Vec<&TaskSnapshot> = self.tasks.iter().collect();
-        tasks.sort_by(|a, b| b.total_poll_time.cmp(&a.total_poll_time));
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.total_poll_time));
         tasks.truncate(n);
         tasks
     }

@@ -1,0 +1,142 @@
+//! The poll path allocates nothing: checked with a counting allocator over
+//! many polls of managed futures, for a well-behaved task, a task in the
+//! `Yield` tier, and with hooks installed.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio_pulse::{PollReport, PreemptionHooks, Pulse, PulseExt, TaskInfo, Tier};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: delegates to the system allocator; the counter is a const
+// thread-local Cell, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// Pending `n` times, spinning `work` in each poll, then ready.
+struct Polls {
+    left: u32,
+    work: Duration,
+}
+
+impl Future for Polls {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.work.is_zero() {
+            common::spin(self.work);
+        }
+        if self.left == 0 {
+            return Poll::Ready(());
+        }
+        self.left -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Polls `fut` to completion; returns allocations made after the first
+/// `warmup` polls.
+fn allocations_while_polling<F: Future + Unpin>(mut fut: F, warmup: u32) -> u64 {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut polls = 0;
+    let mut before = 0;
+    loop {
+        if polls == warmup {
+            before = allocations();
+        }
+        polls += 1;
+        if Pin::new(&mut fut).poll(&mut cx).is_ready() {
+            return allocations() - before;
+        }
+    }
+}
+
+#[test]
+fn a_hundred_thousand_managed_polls_allocate_nothing() {
+    let pulse = Pulse::new();
+    let fut = Polls {
+        left: 100_010,
+        work: Duration::ZERO,
+    }
+    .pulse(&pulse);
+    assert_eq!(allocations_while_polling(fut, 10), 0);
+}
+
+/// Remembers the highest tier any polled task was in.
+#[derive(Default)]
+struct HighestTier(AtomicU8);
+impl PreemptionHooks for HighestTier {
+    fn after_poll(&self, task: &TaskInfo<'_>, _poll: &PollReport) {
+        self.0.fetch_max(task.tier() as u8, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn polls_of_a_yield_tier_task_allocate_nothing() {
+    let pulse = Pulse::new();
+    let highest = Arc::new(HighestTier::default());
+    pulse.set_hooks(highest.clone());
+    // 2 ms polls: promoted to Yield within a few polls, then deferred and
+    // timed (CPU time included) on every other poll.
+    let fut = Polls {
+        left: 400,
+        work: Duration::from_millis(2),
+    }
+    .pulse_named(&pulse, "hog");
+    assert_eq!(allocations_while_polling(fut, 20), 0);
+    assert_eq!(highest.0.load(Ordering::Relaxed), Tier::Yield as u8);
+}
+
+#[derive(Default)]
+struct NoopHooks;
+impl PreemptionHooks for NoopHooks {
+    fn after_poll(&self, _task: &TaskInfo<'_>, poll: &PollReport) {
+        std::hint::black_box(poll);
+    }
+}
+
+#[test]
+fn polls_with_hooks_installed_allocate_nothing() {
+    let pulse = Pulse::new();
+    pulse.set_hooks(Arc::new(NoopHooks));
+    let fut = Polls {
+        left: 100_010,
+        work: Duration::ZERO,
+    }
+    .pulse(&pulse);
+    assert_eq!(allocations_while_polling(fut, 10), 0);
+}
