@@ -73,6 +73,7 @@ mod observe;
 mod pulse;
 mod registry;
 mod snapshot;
+mod stats;
 mod task;
 mod tier;
 mod timing;
@@ -83,6 +84,7 @@ pub use hooks::{PollReport, PreemptionHooks};
 pub use managed::Managed;
 pub use pulse::{Pulse, PulseExt};
 pub use snapshot::{Snapshot, TaskSnapshot};
+pub use stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, PollHistogram, Totals};
 pub use task::{TaskId, TaskInfo};
 pub use tier::Tier;
 

@@ -45,6 +45,7 @@ impl<F: Future> Managed<F> {
         max_tier: Tier,
     ) -> Self {
         pulse.registry.insert(Arc::clone(&task));
+        pulse.stats.task_spawned();
         Managed {
             future: Box::pin(future),
             policy: pulse.config.escalation_policy(max_tier),
@@ -122,6 +123,7 @@ impl<F: Future> Managed<F> {
     #[inline(never)]
     fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {
         self.task.set_tier(change.to);
+        self.pulse.stats.tier_changed(change.from, change.to);
         observe::tier_changed(&self.task, change, cause, &self.pulse.warnings, now_ns);
         if self.pulse.hooks.is_installed() {
             let info = TaskInfo { shared: &self.task };
@@ -149,6 +151,7 @@ impl<F: Future> Future for Managed<F> {
 impl<F: Future> Drop for Managed<F> {
     fn drop(&mut self) {
         self.pulse.registry.remove(self.task.id);
+        self.pulse.stats.task_ended(&self.task.counters());
         if self.pulse.hooks.is_installed() {
             let info = TaskInfo { shared: &self.task };
             self.pulse.hooks.with(|h| h.on_task_end(&info));

@@ -13,6 +13,7 @@ use crate::managed::Managed;
 use crate::observe::RateLimiter;
 use crate::registry::Registry;
 use crate::snapshot::{Snapshot, TaskSnapshot};
+use crate::stats::{PulseStats, Totals};
 use crate::task::TaskShared;
 use crate::tier::Tier;
 use crate::timing::clock;
@@ -24,6 +25,7 @@ pub(crate) struct PulseShared {
     pub registry: Registry,
     pub hooks: HookSlot,
     pub warnings: RateLimiter,
+    pub stats: PulseStats,
 }
 
 /// Manages tasks: measures their polls, classifies them into [`Tier`]s, and
@@ -69,6 +71,7 @@ impl Pulse {
                 config,
                 registry: Registry::new(),
                 hooks: HookSlot::new(),
+                stats: PulseStats::default(),
             }),
         }
     }
@@ -122,6 +125,15 @@ impl Pulse {
             snapshot.tasks.push(t);
         });
         snapshot
+    }
+
+    /// What all managed tasks, live and ended, have done since this `Pulse`
+    /// was built: polls, poll-time histogram, promotions and demotions.
+    /// Cheaper than [`snapshot`](Pulse::snapshot): nothing is allocated per task.
+    pub fn totals(&self) -> Totals {
+        let mut live = Vec::new();
+        self.shared.registry.for_each(|t| live.push(t.counters()));
+        self.shared.stats.totals(live)
     }
 
     /// Live managed tasks, without building a snapshot.

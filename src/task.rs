@@ -12,6 +12,7 @@ use std::fmt;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
+use crate::stats::{POLL_TIME_BUCKETS, PollHistogram, bucket_of};
 use crate::tier::Tier;
 
 /// A managed task's identifier, unique within the process.
@@ -51,6 +52,7 @@ pub(crate) struct TaskShared {
     busy_ns: AtomicU64,
     max_poll_ns: AtomicU64,
     cpu_ns: AtomicU64,
+    histogram: [AtomicU64; POLL_TIME_BUCKETS],
 }
 
 impl TaskShared {
@@ -68,6 +70,7 @@ impl TaskShared {
             busy_ns: AtomicU64::new(0),
             max_poll_ns: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
+            histogram: Default::default(),
         }
     }
 
@@ -84,6 +87,7 @@ impl TaskShared {
     pub(crate) fn record_poll(&self, poll_ns: u64, slow: bool) {
         bump(&self.polls, 1);
         bump(&self.busy_ns, poll_ns);
+        bump(&self.histogram[bucket_of(poll_ns)], 1);
         if slow {
             bump(&self.slow_polls, 1);
         }
@@ -104,6 +108,9 @@ impl TaskShared {
             busy_ns: self.busy_ns.load(Relaxed),
             max_poll_ns: self.max_poll_ns.load(Relaxed),
             cpu_ns: self.cpu_ns.load(Relaxed),
+            histogram: PollHistogram {
+                counts: self.histogram.each_ref().map(|a| a.load(Relaxed)),
+            },
         }
     }
 }
@@ -122,6 +129,7 @@ pub(crate) struct Counters {
     pub busy_ns: u64,
     pub max_poll_ns: u64,
     pub cpu_ns: u64,
+    pub histogram: PollHistogram,
 }
 
 /// A borrowed view of a managed task, handed to [`PreemptionHooks`](crate::PreemptionHooks).

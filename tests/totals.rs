@@ -1,0 +1,48 @@
+//! Pulse-wide totals count live and ended tasks alike.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TierEvents, spin, wait_for};
+use tokio_pulse::{Pulse, Tier};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_include_ended_tasks_and_tier_changes() {
+    let pulse = Pulse::new();
+    let (hooks, mut changes) = TierEvents::new();
+    pulse.set_hooks(hooks);
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        handles.push(pulse.spawn(async {
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let hog = pulse.spawn_named("hog", async {
+        loop {
+            spin(Duration::from_millis(2));
+            tokio::task::yield_now().await;
+        }
+    });
+    wait_for(&mut changes, Duration::from_secs(2), "hog", |c| {
+        c.to == Tier::Yield
+    })
+    .await;
+
+    let t = pulse.totals();
+    assert_eq!(t.tasks_spawned, 11);
+    assert_eq!(t.tasks_ended, 10);
+    assert!(t.polls >= 60 + 4, "{t:?}");
+    assert_eq!(t.poll_time_histogram.total(), t.polls);
+    assert!(t.slow_polls >= 4, "{t:?}");
+    assert_eq!(t.promotions[Tier::Warn.index()], 1);
+    assert_eq!(t.promotions[Tier::Yield.index()], 1);
+    // 2 ms polls land in the [1 ms, 4 ms) bucket.
+    assert!(t.poll_time_histogram.counts[5] >= 4, "{t:?}");
+    hog.abort();
+}
