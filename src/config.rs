@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::budget::BudgetLimits;
+use crate::isolation::IsolationPriority;
 use crate::tier::{EscalationPolicy, Tier};
 use crate::timing::as_nanos;
 
@@ -46,6 +47,7 @@ impl Profile {
             clean_windows_to_demote: clean,
             max_tier: Tier::Isolate,
             max_warnings_per_second: 100,
+            interventions: Interventions::default(),
         }
     }
 }
@@ -103,7 +105,38 @@ pub(crate) struct Config {
     pub clean_windows_to_demote: u32,
     pub max_tier: Tier,
     pub max_warnings_per_second: u32,
+    pub interventions: Interventions,
 }
+
+/// How the `Yield` and `Isolate` tiers and the watchdog act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Interventions {
+    pub slow_lane_slots: usize,
+    pub isolation_threads: usize,
+    pub isolation_priority: IsolationPriority,
+    /// `None`: no watchdog.
+    pub watchdog_threshold: Option<Duration>,
+}
+
+impl Default for Interventions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Interventions {
+            slow_lane_slots: (cores / 2).max(1),
+            isolation_threads: cores,
+            isolation_priority: IsolationPriority::default(),
+            watchdog_threshold: Some(DEFAULT_WATCHDOG_THRESHOLD),
+        }
+    }
+}
+
+/// A poll running this long is stuck rather than slow: 100 ms is past
+/// anything a latency-sensitive service tolerates, yet far enough from the
+/// slow-poll threshold that the watchdog only fires on real trouble.
+pub const DEFAULT_WATCHDOG_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// Most isolation threads a pool may have.
+const MAX_ISOLATION_THREADS: usize = 1024;
 
 impl Config {
     pub(crate) fn escalation_policy(&self, max_tier: Tier) -> EscalationPolicy {
@@ -168,6 +201,48 @@ impl Config {
                 ),
             });
         }
+        self.validate_interventions()
+    }
+
+    fn validate_interventions(&self) -> Result<(), ConfigError> {
+        let i = &self.interventions;
+        if i.slow_lane_slots == 0 {
+            return Err(ConfigError::Zero {
+                field: "slow_lane_slots",
+            });
+        }
+        if i.isolation_threads == 0 {
+            return Err(ConfigError::Zero {
+                field: "isolation_threads",
+            });
+        }
+        if i.isolation_threads > MAX_ISOLATION_THREADS {
+            return Err(ConfigError::OutOfRange {
+                field: "isolation_threads",
+                value: i.isolation_threads.to_string(),
+                rule: "at most 1024",
+            });
+        }
+        if let IsolationPriority::Nice(n) = i.isolation_priority {
+            if !(-20..=19).contains(&n) {
+                return Err(ConfigError::OutOfRange {
+                    field: "isolation_priority",
+                    value: format!("Nice({n})"),
+                    rule: "a nice value from -20 to 19",
+                });
+            }
+        }
+        if let Some(threshold) = i.watchdog_threshold {
+            if threshold <= self.slow_poll_threshold {
+                return Err(ConfigError::Inconsistent {
+                    field: "watchdog_threshold",
+                    reason: format!(
+                        "the threshold ({threshold:?}) must be longer than the slow-poll threshold ({:?}): a stuck poll is worse than a slow one",
+                        self.slow_poll_threshold
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -211,6 +286,10 @@ struct Overrides {
     clean_windows_to_demote: Option<u32>,
     max_tier: Option<Tier>,
     max_warnings_per_second: Option<u32>,
+    slow_lane_slots: Option<usize>,
+    isolation_threads: Option<usize>,
+    isolation_priority: Option<IsolationPriority>,
+    watchdog_threshold: Option<Option<Duration>>,
 }
 
 impl PulseBuilder {
@@ -282,6 +361,46 @@ impl PulseBuilder {
         self
     }
 
+    /// How many `Yield`-tier tasks may be polled at once, together: this caps
+    /// the share of worker time all of them get at `slots / workers`, and
+    /// the rest of the workers stay free for well-behaved tasks. Waiting
+    /// tasks take turns by deficit round robin on measured poll time.
+    /// Default: half the available cores, at least 1. At least 1.
+    pub fn slow_lane_slots(mut self, slots: usize) -> Self {
+        self.overrides.slow_lane_slots = Some(slots);
+        self
+    }
+
+    /// Threads in the isolation pool, where `Isolate`-tier tasks run.
+    /// Default: one per available core, so isolated hogs can use whatever
+    /// CPU the main workers leave idle. From 1 to 1024. The threads start
+    /// when the first task is isolated.
+    pub fn isolation_threads(mut self, threads: usize) -> Self {
+        self.overrides.isolation_threads = Some(threads);
+        self
+    }
+
+    /// OS priority of the isolation threads. Default
+    /// [`IsolationPriority::Idle`] (Linux `SCHED_IDLE`).
+    pub fn isolation_priority(mut self, priority: IsolationPriority) -> Self {
+        self.overrides.isolation_priority = Some(priority);
+        self
+    }
+
+    /// A poll still running after this long is reported by the watchdog
+    /// while it runs, and the task is isolated at its next poll. Default
+    /// 100 ms; must be longer than the slow-poll threshold.
+    pub fn watchdog_threshold(mut self, threshold: Duration) -> Self {
+        self.overrides.watchdog_threshold = Some(Some(threshold));
+        self
+    }
+
+    /// Turns the stuck-poll watchdog (one OS thread per `Pulse`) off.
+    pub fn without_watchdog(mut self) -> Self {
+        self.overrides.watchdog_threshold = Some(None);
+        self
+    }
+
     /// Validates the configuration and creates the [`Pulse`](crate::Pulse).
     ///
     /// # Errors
@@ -310,6 +429,18 @@ impl PulseBuilder {
             max_warnings_per_second: o
                 .max_warnings_per_second
                 .unwrap_or(d.max_warnings_per_second),
+            interventions: Interventions {
+                slow_lane_slots: o.slow_lane_slots.unwrap_or(d.interventions.slow_lane_slots),
+                isolation_threads: o
+                    .isolation_threads
+                    .unwrap_or(d.interventions.isolation_threads),
+                isolation_priority: o
+                    .isolation_priority
+                    .unwrap_or(d.interventions.isolation_priority),
+                watchdog_threshold: o
+                    .watchdog_threshold
+                    .unwrap_or(d.interventions.watchdog_threshold),
+            },
         };
         config.validate()?;
         Ok(config)

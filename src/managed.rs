@@ -1,40 +1,53 @@
-//! The wrapper around every managed future: the poll path.
+//! The wrapper around every managed future.
 //!
 //! Per poll, with no hooks and a well-behaved task, it costs two clock reads
 //! (TSC, ~10 ns each), a thread-local write and restore, and a handful of
 //! relaxed loads and stores on the task's own state: no allocation, no lock,
-//! no lookup. Everything else (tier changes, events, CPU time) is off that
-//! path, taken only by tasks that have already misbehaved.
+//! no lookup. Everything else (tier changes, events, CPU time, the slow
+//! lane, the isolation pool) is off that path, taken only by tasks that have
+//! already misbehaved.
+//!
+//! The wrapper stays in the runtime that spawned it for the task's whole
+//! life, so its `JoinHandle` and `abort` behave exactly as Tokio's. When the
+//! task is isolated only the future (in its [`TaskCore`]) moves to the pool;
+//! the wrapper waits for it to come back, finish, or panic.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use crate::checkpoint::defer;
-use crate::context::PollScope;
-use crate::hooks::PollReport;
-use crate::observe::{self, ChangeCause};
+use crate::isolation::{Handoff, Isolator, Outcome};
 use crate::pulse::PulseShared;
 use crate::task::{TaskInfo, TaskShared};
-use crate::tier::{Escalation, EscalationPolicy, Tier, TierChange};
-use crate::timing::{clock, cpu::thread_cpu_ns, nanos};
+use crate::task_core::TaskCore;
+use crate::tier::Tier;
 
 /// A future under tokio-pulse management.
 ///
 /// Created by [`Pulse::spawn`](crate::Pulse::spawn) (which spawns it) or by
 /// [`PulseExt::pulse`](crate::PulseExt::pulse) (which hands it back for you to
 /// run under any executor). Its output is the wrapped future's output; a
-/// panic in the wrapped future propagates unchanged.
+/// panic in the wrapped future propagates unchanged, also from the
+/// isolation pool.
 #[must_use = "futures do nothing unless polled"]
 pub struct Managed<F: Future> {
-    future: Pin<Box<F>>,
+    state: State<F>,
     task: Arc<TaskShared>,
     pulse: Arc<PulseShared>,
-    escalation: Escalation,
-    policy: EscalationPolicy,
-    /// The task gave way at the start of its last poll: run it this time.
-    deferred: bool,
+    /// Moves the core to the isolation pool; `None` for futures that are
+    /// not `Send`, which stay on their thread (capped at `Tier::Yield`).
+    isolator: Option<Isolator<F>>,
+}
+
+enum State<F: Future> {
+    /// Polled here, on the spawning runtime.
+    Local(TaskCore<F>),
+    /// Moved to the isolation pool.
+    Isolated(Arc<Handoff<F>>),
+    /// Completed, panicked, or polled after either.
+    Done,
 }
 
 impl<F: Future> Managed<F> {
@@ -42,94 +55,25 @@ impl<F: Future> Managed<F> {
         pulse: Arc<PulseShared>,
         task: Arc<TaskShared>,
         future: F,
-        max_tier: Tier,
+        isolator: Option<Isolator<F>>,
     ) -> Self {
         pulse.registry.insert(Arc::clone(&task));
         pulse.stats.task_spawned();
+        let max_tier = if isolator.is_some() {
+            Tier::Isolate
+        } else {
+            Tier::Yield
+        };
         Managed {
-            future: Box::pin(future),
-            policy: pulse.config.escalation_policy(max_tier),
-            escalation: Escalation::new(clock().now_ns()),
+            state: State::Local(TaskCore::new(
+                Arc::clone(&pulse),
+                Arc::clone(&task),
+                future,
+                max_tier,
+            )),
             task,
             pulse,
-            deferred: false,
-        }
-    }
-
-    /// Intervention for tasks at `Yield` and above: returns `true` when the
-    /// task must give way now instead of running.
-    ///
-    /// Seam for the stronger interventions: the slow lane (share-capped
-    /// admission) and the isolation pool plug in here.
-    fn must_give_way(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.deferred {
-            self.deferred = false;
-            return false;
-        }
-        self.deferred = true;
-        defer(cx);
-        true
-    }
-
-    #[inline]
-    fn poll_measured(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
-        let hooks = self.pulse.hooks.is_installed();
-        if hooks {
-            let info = TaskInfo { shared: &self.task };
-            self.pulse.hooks.with(|h| h.before_poll(&info));
-        }
-        // Only suspects pay for a CPU-time read (see `timing`).
-        let cpu_start = if tier >= Tier::Warn {
-            thread_cpu_ns()
-        } else {
-            None
-        };
-        let slice_ns = self.policy.limits.slow_poll_ns >> if tier >= Tier::Yield { 2 } else { 1 };
-        let clock = clock();
-        let start = clock.now_ns();
-        let out = {
-            let _scope = PollScope::enter(start, slice_ns);
-            self.future.as_mut().poll(cx)
-        };
-        let end = clock.now_ns();
-        let cpu_ns = cpu_start.and_then(|c0| Some(thread_cpu_ns()?.saturating_sub(c0)));
-        self.account(start, end, cpu_ns, out.is_ready(), hooks);
-        out
-    }
-
-    #[inline]
-    fn account(&mut self, start: u64, end: u64, cpu_ns: Option<u64>, ready: bool, hooks: bool) {
-        let poll_ns = end.saturating_sub(start);
-        let slow = poll_ns > self.policy.limits.slow_poll_ns;
-        self.task.record_poll(poll_ns, slow);
-        if let Some(cpu) = cpu_ns {
-            self.task.record_cpu(cpu);
-        }
-        if let Some(change) = self.escalation.on_poll(&self.policy, start, end) {
-            self.tier_changed(change, ChangeCause { poll_ns, cpu_ns }, end);
-        }
-        if hooks {
-            let info = TaskInfo { shared: &self.task };
-            let report = PollReport {
-                duration: nanos(poll_ns),
-                slow,
-                ready,
-            };
-            self.pulse.hooks.with(|h| h.after_poll(&info, &report));
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {
-        self.task.set_tier(change.to);
-        self.pulse.stats.tier_changed(change.from, change.to);
-        observe::tier_changed(&self.task, change, cause, &self.pulse.warnings, now_ns);
-        if self.pulse.hooks.is_installed() {
-            let info = TaskInfo { shared: &self.task };
-            self.pulse
-                .hooks
-                .with(|h| h.on_tier_change(&info, change.from, change.to));
+            isolator,
         }
     }
 }
@@ -140,16 +84,58 @@ impl<F: Future> Future for Managed<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // `Managed` is `Unpin`: the wrapped future is pinned in its own box.
         let this = self.get_mut();
-        let tier = this.escalation.tier();
-        if tier >= Tier::Yield && this.must_give_way(cx) {
-            return Poll::Pending;
+        loop {
+            match &mut this.state {
+                State::Local(core) => {
+                    if let Some(isolate) = this.isolator {
+                        if core.tier() == Tier::Isolate {
+                            let State::Local(core) =
+                                std::mem::replace(&mut this.state, State::Done)
+                            else {
+                                unreachable!("matched Local above");
+                            };
+                            core.pass_lane_offer();
+                            this.state = match isolate(core) {
+                                Ok(handoff) => State::Isolated(handoff),
+                                Err(core) => {
+                                    // No pool: the task stays in the slow lane.
+                                    this.isolator = None;
+                                    State::Local(core)
+                                }
+                            };
+                            continue;
+                        }
+                    }
+                    let out = core.poll_local(cx);
+                    if out.is_ready() {
+                        this.state = State::Done;
+                    }
+                    return out;
+                }
+                State::Isolated(handoff) => match handoff.poll_origin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Outcome::Returned(core)) => this.state = State::Local(core),
+                    Poll::Ready(Outcome::Output(out)) => {
+                        this.state = State::Done;
+                        return Poll::Ready(out);
+                    }
+                    Poll::Ready(Outcome::Panicked(payload)) => {
+                        this.state = State::Done;
+                        std::panic::resume_unwind(payload);
+                    }
+                },
+                State::Done => panic!("`Managed` future polled after completion"),
+            }
         }
-        this.poll_measured(cx, tier)
     }
 }
 
 impl<F: Future> Drop for Managed<F> {
     fn drop(&mut self) {
+        self.task.ended.store(true, Ordering::SeqCst);
+        if let State::Isolated(handoff) = &self.state {
+            handoff.cancel();
+        }
         self.pulse.registry.remove(self.task.id);
         self.pulse.stats.task_ended(&self.task.counters());
         if self.pulse.hooks.is_installed() {
@@ -163,6 +149,7 @@ impl<F: Future> std::fmt::Debug for Managed<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Managed")
             .field("task", &TaskInfo { shared: &self.task })
+            .field("isolated", &matches!(self.state, State::Isolated(_)))
             .finish_non_exhaustive()
     }
 }

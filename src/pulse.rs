@@ -3,29 +3,54 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::panic::Location;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, PulseBuilder};
 use crate::hooks::{HookSlot, PreemptionHooks};
+use crate::isolation::{IsolationPool, Isolator, isolator};
 use crate::managed::Managed;
 use crate::observe::RateLimiter;
 use crate::registry::Registry;
-use crate::snapshot::{Snapshot, TaskSnapshot};
+use crate::slow_lane::SlowLane;
+use crate::snapshot::{Snapshot, StuckPoll, TaskSnapshot};
 use crate::stats::{PulseStats, Totals};
 use crate::task::TaskShared;
-use crate::tier::Tier;
-use crate::timing::clock;
+use crate::timing::{as_nanos, clock, nanos};
+use crate::watchdog;
 
 /// State shared by a `Pulse`, its clones, and every task it manages.
 #[derive(Debug)]
 pub(crate) struct PulseShared {
+    /// Distinguishes this `Pulse`'s polls in the per-thread slots.
+    pub id: u64,
     pub config: Config,
     pub registry: Registry,
     pub hooks: HookSlot,
     pub warnings: RateLimiter,
     pub stats: PulseStats,
+    pub lane: SlowLane,
+    /// Started when the first task is isolated; `None` inside if it could
+    /// not start, and isolation is then off.
+    pool: OnceLock<Option<IsolationPool>>,
+}
+
+impl PulseShared {
+    /// The isolation pool, started on first use.
+    pub(crate) fn isolation_pool(&self) -> Option<&IsolationPool> {
+        self.pool
+            .get_or_init(|| {
+                let i = &self.config.interventions;
+                IsolationPool::start(i.isolation_threads, i.isolation_priority)
+                    .inspect_err(|e| {
+                        tracing::error!(error = %e, "tokio-pulse: could not start the isolation pool; isolated tasks stay in the slow lane");
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
 }
 
 /// Manages tasks: measures their polls, classifies them into [`Tier`]s, and
@@ -63,17 +88,27 @@ impl Pulse {
     }
 
     pub(crate) fn from_config(config: Config) -> Pulse {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         // Calibrate the clock now rather than inside the first poll.
         clock();
-        Pulse {
-            shared: Arc::new(PulseShared {
-                warnings: RateLimiter::new(config.max_warnings_per_second),
-                config,
-                registry: Registry::new(),
-                hooks: HookSlot::new(),
-                stats: PulseStats::default(),
-            }),
+        let quantum_ns =
+            i64::try_from(as_nanos(config.slow_poll_threshold) * 2).unwrap_or(i64::MAX);
+        let shared = Arc::new(PulseShared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            warnings: RateLimiter::new(config.max_warnings_per_second),
+            lane: SlowLane::new(config.interventions.slow_lane_slots, quantum_ns),
+            registry: Registry::new(),
+            hooks: HookSlot::new(),
+            stats: PulseStats::default(),
+            pool: OnceLock::new(),
+            config,
+        });
+        if let Some(threshold) = shared.config.interventions.watchdog_threshold {
+            if let Err(e) = watchdog::start(Arc::downgrade(&shared), threshold) {
+                tracing::error!(error = %e, "tokio-pulse: could not start the watchdog thread; stuck polls will not be reported");
+            }
         }
+        Pulse { shared }
     }
 
     /// Spawns `future` as a managed task on the current Tokio runtime.
@@ -87,7 +122,7 @@ impl Pulse {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        tokio::spawn(self.manage(None, Location::caller(), future, Tier::Isolate))
+        tokio::spawn(self.manage(None, Location::caller(), future, Some(isolator::<F>())))
     }
 
     /// Like [`spawn`](Pulse::spawn), with a name that shows in snapshots and events.
@@ -101,7 +136,12 @@ impl Pulse {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        tokio::spawn(self.manage(Some(name.into()), Location::caller(), future, Tier::Isolate))
+        tokio::spawn(self.manage(
+            Some(name.into()),
+            Location::caller(),
+            future,
+            Some(isolator::<F>()),
+        ))
     }
 
     pub(crate) fn manage<F: Future>(
@@ -109,10 +149,10 @@ impl Pulse {
         name: Option<Cow<'static, str>>,
         location: &'static Location<'static>,
         future: F,
-        max_tier: Tier,
+        isolator: Option<Isolator<F>>,
     ) -> Managed<F> {
         let task = Arc::new(TaskShared::new(name, location));
-        Managed::new(Arc::clone(&self.shared), task, future, max_tier)
+        Managed::new(Arc::clone(&self.shared), task, future, isolator)
     }
 
     /// The state of every live managed task. Takes each registry shard's
@@ -124,6 +164,15 @@ impl Pulse {
             snapshot.tier_counts[t.tier.index()] += 1;
             snapshot.tasks.push(t);
         });
+        if let Some(threshold) = self.shared.config.interventions.watchdog_threshold {
+            for (poll, thread) in watchdog::running_polls(&self.shared, threshold) {
+                snapshot.stuck.push(StuckPoll {
+                    task: crate::task::TaskId(poll.task_id),
+                    running_for: nanos(clock().now_ns().saturating_sub(poll.start_ns)),
+                    thread,
+                });
+            }
+        }
         snapshot
     }
 
@@ -133,7 +182,16 @@ impl Pulse {
     pub fn totals(&self) -> Totals {
         let mut live = Vec::new();
         self.shared.registry.for_each(|t| live.push(t.counters()));
-        self.shared.stats.totals(live)
+        let mut totals = self.shared.stats.totals(live);
+        totals.slow_lane_waiting = self.shared.lane.queue_depth();
+        totals.slow_lane_running = self.shared.lane.running();
+        totals.isolated_tasks = self
+            .shared
+            .pool
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, IsolationPool::jobs);
+        totals
     }
 
     /// Live managed tasks, without building a snapshot.
@@ -187,13 +245,13 @@ pub trait PulseExt: Future + Sized {
     /// Manages this future under `pulse`.
     #[track_caller]
     fn pulse(self, pulse: &Pulse) -> Managed<Self> {
-        pulse.manage(None, Location::caller(), self, Tier::Yield)
+        pulse.manage(None, Location::caller(), self, None)
     }
 
     /// Manages this future under `pulse`, with a name.
     #[track_caller]
     fn pulse_named(self, pulse: &Pulse, name: impl Into<Cow<'static, str>>) -> Managed<Self> {
-        pulse.manage(Some(name.into()), Location::caller(), self, Tier::Yield)
+        pulse.manage(Some(name.into()), Location::caller(), self, None)
     }
 }
 

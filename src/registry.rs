@@ -43,6 +43,10 @@ impl Registry {
         self.shard(id).remove(&id);
     }
 
+    pub(crate) fn get(&self, id: TaskId) -> Option<Arc<TaskShared>> {
+        self.shard(id).get(&id).cloned()
+    }
+
     /// Calls `f` on every live task, one shard locked at a time.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&TaskShared)) {
         for shard in self.shards.iter() {

@@ -20,6 +20,20 @@ pub struct Snapshot {
     pub tasks: Vec<TaskSnapshot>,
     /// Live tasks per tier, indexed by [`Tier::index`].
     pub tier_counts: [usize; 4],
+    /// Polls running now for longer than the watchdog threshold.
+    pub stuck: Vec<StuckPoll>,
+}
+
+/// A poll the watchdog would report: running now, past its threshold.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StuckPoll {
+    /// The task being polled.
+    pub task: TaskId,
+    /// How long the poll has been running.
+    pub running_for: Duration,
+    /// The name of the thread it runs on.
+    pub thread: Option<String>,
 }
 
 impl Snapshot {
@@ -73,6 +87,8 @@ pub struct TaskSnapshot {
     /// Much less than the wall time of the same polls means the task was
     /// blocking its worker rather than computing.
     pub cpu_time: Duration,
+    /// Times the watchdog reported one of this task's polls as stuck.
+    pub stuck_reports: u64,
 }
 
 impl TaskSnapshot {
@@ -88,6 +104,7 @@ impl TaskSnapshot {
             total_poll_time: nanos(c.busy_ns),
             max_poll_time: nanos(c.max_poll_ns),
             cpu_time: nanos(c.cpu_ns),
+            stuck_reports: c.stuck_reports,
         }
     }
 }

@@ -86,6 +86,14 @@ pub struct Totals {
     pub promotions: [u64; 4],
     /// Demotions into each tier, indexed by [`Tier::index`].
     pub demotions: [u64; 4],
+    /// Polls the watchdog found stuck (running past its threshold).
+    pub watchdog_reports: u64,
+    /// Gauge: `Yield`-tier tasks waiting for a slow-lane slot now.
+    pub slow_lane_waiting: usize,
+    /// Gauge: `Yield`-tier polls running now.
+    pub slow_lane_running: usize,
+    /// Gauge: tasks on the isolation pool now.
+    pub isolated_tasks: usize,
 }
 
 /// The shared counters behind [`Totals`].
@@ -99,9 +107,14 @@ pub(crate) struct PulseStats {
     ended_histogram: [AtomicU64; POLL_TIME_BUCKETS],
     promotions: [AtomicU64; 4],
     demotions: [AtomicU64; 4],
+    watchdog_reports: AtomicU64,
 }
 
 impl PulseStats {
+    pub(crate) fn watchdog_report(&self) {
+        self.watchdog_reports.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn task_spawned(&self) {
         self.tasks_spawned.fetch_add(1, Relaxed);
     }
@@ -141,6 +154,8 @@ impl PulseStats {
             },
             promotions: self.promotions.each_ref().map(load),
             demotions: self.demotions.each_ref().map(load),
+            watchdog_reports: load(&self.watchdog_reports),
+            ..Totals::default()
         };
         let mut busy_ns = load(&self.ended_busy_ns);
         for c in live {

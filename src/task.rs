@@ -10,7 +10,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use atomic_waker::AtomicWaker;
 
 use crate::stats::{POLL_TIME_BUCKETS, PollHistogram, bucket_of};
 use crate::tier::Tier;
@@ -53,6 +55,25 @@ pub(crate) struct TaskShared {
     max_poll_ns: AtomicU64,
     cpu_ns: AtomicU64,
     histogram: [AtomicU64; POLL_TIME_BUCKETS],
+    stuck_reports: AtomicU64,
+    /// A tier the watchdog wants the task moved to at its next poll (0: none).
+    forced_tier: AtomicU8,
+    /// Set when the task's wrapper is dropped, so the slow lane skips it.
+    pub ended: AtomicBool,
+    /// The slow lane's hold on this task; see `slow_lane`.
+    pub lane: LaneEntry,
+}
+
+/// A task's place in the slow lane's wait queue.
+#[derive(Debug, Default)]
+pub(crate) struct LaneEntry {
+    /// Woken when the lane has room.
+    pub waker: AtomicWaker,
+    /// The task is in the wait queue (so it is pushed at most once).
+    pub queued: AtomicBool,
+    /// The lane woke the task to offer it a slot; if the task no longer
+    /// wants one it must pass the offer on.
+    pub offered: AtomicBool,
 }
 
 impl TaskShared {
@@ -71,6 +92,10 @@ impl TaskShared {
             max_poll_ns: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
             histogram: Default::default(),
+            stuck_reports: AtomicU64::new(0),
+            forced_tier: AtomicU8::new(0),
+            ended: AtomicBool::new(false),
+            lane: LaneEntry::default(),
         }
     }
 
@@ -101,6 +126,25 @@ impl TaskShared {
         bump(&self.cpu_ns, cpu_ns);
     }
 
+    /// Asks the task's next poll to move it to `tier` (used by the watchdog).
+    pub(crate) fn force_tier(&self, tier: Tier) {
+        self.forced_tier.store(tier as u8 | 0x80, Relaxed);
+    }
+
+    /// Takes a pending request from [`force_tier`](Self::force_tier).
+    #[inline]
+    pub(crate) fn take_forced_tier(&self) -> Option<Tier> {
+        if self.forced_tier.load(Relaxed) == 0 {
+            return None;
+        }
+        let v = self.forced_tier.swap(0, Relaxed);
+        (v != 0).then(|| Tier::from_u8(v & 0x7f))
+    }
+
+    pub(crate) fn record_stuck(&self) {
+        self.stuck_reports.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn counters(&self) -> Counters {
         Counters {
             polls: self.polls.load(Relaxed),
@@ -108,6 +152,7 @@ impl TaskShared {
             busy_ns: self.busy_ns.load(Relaxed),
             max_poll_ns: self.max_poll_ns.load(Relaxed),
             cpu_ns: self.cpu_ns.load(Relaxed),
+            stuck_reports: self.stuck_reports.load(Relaxed),
             histogram: PollHistogram {
                 counts: self.histogram.each_ref().map(|a| a.load(Relaxed)),
             },
@@ -129,6 +174,7 @@ pub(crate) struct Counters {
     pub busy_ns: u64,
     pub max_poll_ns: u64,
     pub cpu_ns: u64,
+    pub stuck_reports: u64,
     pub histogram: PollHistogram,
 }
 

@@ -136,6 +136,16 @@ impl Escalation {
         }
     }
 
+    /// Jumps straight to `tier` (the watchdog's escalation of a stuck
+    /// task), bounded by the policy's `max_tier`.
+    pub(crate) fn force(&mut self, policy: &EscalationPolicy, tier: Tier) -> Option<TierChange> {
+        let tier = tier.min(policy.max_tier);
+        (tier != self.tier).then(|| {
+            self.clean_streak = 0;
+            self.move_to(tier)
+        })
+    }
+
     fn move_to(&mut self, to: Tier) -> TierChange {
         let change = TierChange {
             from: self.tier,
@@ -205,6 +215,7 @@ mod tests {
             e.on_poll(&p, i * 10 * MS, i * 10 * MS + 5 * MS);
         }
         assert_eq!(e.tier(), Tier::Yield);
+        assert_eq!(e.force(&p, Tier::Isolate), None, "forced past max_tier");
     }
 
     /// One poll of a generated run: idle gap before it, then its length.

@@ -1,0 +1,188 @@
+//! The slow lane: where tasks in the `Yield` tier wait their turn.
+//!
+//! A `Yield`-tier task may only be polled while it holds one of the lane's
+//! slots, and the lane has few: by default half the machine's cores, at
+//! least one. However many hogs there are, they can then occupy at most
+//! that share of the workers together, and the rest stay free for
+//! well-behaved tasks. The wrapper also defers every lane task behind other
+//! ready work (and the timer and I/O drivers) before it asks for a slot.
+//!
+//! Fairness among waiting tasks is deficit round robin by measured poll
+//! time: each turn a task's deficit grows by a quantum, each poll it spends
+//! what the poll took, and a task in debt passes its turn on. A task whose
+//! polls take 20 ms thus runs a tenth as often as one whose polls take 2 ms,
+//! and both get about the same worker time.
+//!
+//! Lock-free: a slot counter and a bounded MPMC queue of waiting tasks,
+//! allocated once. A waiting task's entry is its shared state (`Arc` clone,
+//! no allocation); it is queued at most once at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::task::TaskShared;
+
+/// Waiting tasks the queue holds; past that, tasks fall back to plain
+/// deferral (they still give way, without the lane's ordering).
+const QUEUE_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct SlowLane {
+    slots: usize,
+    running: AtomicUsize,
+    waiting: ArrayQueue<Arc<TaskShared>>,
+    /// Deficit round robin quantum, in nanoseconds of poll time.
+    pub quantum_ns: i64,
+}
+
+/// A held slot; dropping it releases the slot and offers it to the next
+/// waiting task (also when the poll panics).
+#[must_use]
+pub(crate) struct LaneSlot<'a> {
+    lane: &'a SlowLane,
+}
+
+impl Drop for LaneSlot<'_> {
+    fn drop(&mut self) {
+        self.lane.running.fetch_sub(1, SeqCst);
+        fence(SeqCst);
+        self.lane.offer_next();
+    }
+}
+
+impl SlowLane {
+    pub(crate) fn new(slots: usize, quantum_ns: i64) -> Self {
+        SlowLane {
+            slots,
+            running: AtomicUsize::new(0),
+            waiting: ArrayQueue::new(QUEUE_CAPACITY),
+            quantum_ns,
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub(crate) fn try_enter(&self) -> Option<LaneSlot<'_>> {
+        let mut running = self.running.load(SeqCst);
+        while running < self.slots {
+            match self
+                .running
+                .compare_exchange_weak(running, running + 1, SeqCst, SeqCst)
+            {
+                Ok(_) => return Some(LaneSlot { lane: self }),
+                Err(now) => running = now,
+            }
+        }
+        None
+    }
+
+    /// Queues `task` to be woken when a slot frees, then checks once more
+    /// for a slot freed meanwhile (so no release can go unnoticed).
+    ///
+    /// Returns `Err(())` when the queue is full: the caller should fall
+    /// back to plain deferral.
+    pub(crate) fn wait(
+        &self,
+        task: &Arc<TaskShared>,
+        waker: &std::task::Waker,
+    ) -> Result<Option<LaneSlot<'_>>, ()> {
+        task.lane.waker.register(waker);
+        if !task.lane.queued.swap(true, SeqCst) && self.waiting.push(Arc::clone(task)).is_err() {
+            task.lane.queued.store(false, SeqCst);
+            return Err(());
+        }
+        fence(SeqCst);
+        Ok(self.try_enter())
+    }
+
+    /// Wakes the first waiting task that is still alive, offering it a slot.
+    pub(crate) fn offer_next(&self) {
+        if self.running.load(SeqCst) >= self.slots {
+            return;
+        }
+        while let Some(task) = self.waiting.pop() {
+            task.lane.queued.store(false, SeqCst);
+            if task.ended.load(SeqCst) {
+                continue;
+            }
+            task.lane.offered.store(true, SeqCst);
+            task.lane.waker.wake();
+            return;
+        }
+    }
+
+    /// Tasks waiting for a slot.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Lane polls running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::Location;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::task::{Wake, Waker};
+
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn task() -> Arc<TaskShared> {
+        Arc::new(TaskShared::new(None, Location::caller()))
+    }
+
+    #[test]
+    fn slots_cap_concurrent_polls_and_release_wakes_a_waiter() {
+        let lane = SlowLane::new(1, 1_000_000);
+        let a = lane.try_enter().expect("first slot");
+        assert!(
+            lane.try_enter().is_none(),
+            "second poll admitted past the cap"
+        );
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let t = task();
+        assert!(lane.wait(&t, &waker).unwrap().is_none());
+        assert_eq!(lane.queue_depth(), 1);
+        drop(a);
+        assert_eq!(wakes.0.load(Relaxed), 1, "release did not wake the waiter");
+        assert!(t.lane.offered.load(Relaxed));
+        assert!(lane.try_enter().is_some());
+    }
+
+    #[test]
+    fn a_task_is_queued_once_however_often_it_waits() {
+        let lane = SlowLane::new(1, 1_000_000);
+        let _held = lane.try_enter().unwrap();
+        let t = task();
+        for _ in 0..10 {
+            assert!(lane.wait(&t, Waker::noop()).unwrap().is_none());
+        }
+        assert_eq!(lane.queue_depth(), 1);
+    }
+
+    #[test]
+    fn ended_tasks_are_skipped_when_a_slot_frees() {
+        let lane = SlowLane::new(1, 1_000_000);
+        let held = lane.try_enter().unwrap();
+        let (dead, alive) = (task(), task());
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        lane.wait(&dead, Waker::noop()).unwrap();
+        lane.wait(&alive, &Waker::from(wakes.clone())).unwrap();
+        dead.ended.store(true, Relaxed);
+        drop(held);
+        assert_eq!(wakes.0.load(Relaxed), 1);
+        assert!(alive.lane.offered.load(Relaxed));
+        assert!(!dead.lane.offered.load(Relaxed));
+    }
+}
