@@ -12,6 +12,9 @@
 //! fair, however much CPU it uses in total; a task whose polls are long but
 //! each just under the threshold is the one the budget exists to catch.
 
+/// A poll this many times the slow-poll threshold counts one extra strike.
+pub(crate) const SEVERE_MULTIPLE: u64 = 8;
+
 /// Limits a window is judged against, in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BudgetLimits {
@@ -71,7 +74,16 @@ impl WindowBudget {
         if poll_ns >= limits.charge_floor_ns {
             self.busy_ns = self.busy_ns.saturating_add(poll_ns);
         }
-        self.strikes += u32::from(poll_ns > limits.slow_poll_ns);
+        if poll_ns > limits.slow_poll_ns {
+            // Severity counts: every further `SEVERE_MULTIPLE` thresholds a
+            // poll lasts add a strike, so one egregious poll (25 ms against a
+            // 1 ms threshold) makes a bad window by itself and a blocker is
+            // dealt with in a few polls rather than a few windows.
+            let severity = poll_ns / limits.slow_poll_ns.saturating_mul(SEVERE_MULTIPLE).max(1);
+            self.strikes = self
+                .strikes
+                .saturating_add(1 + u32::try_from(severity).unwrap_or(u32::MAX));
+        }
         if self.strikes >= limits.strikes || self.busy_ns > limits.cpu_budget_ns {
             *self = WindowBudget::new(end_ns);
             return WindowVerdict::Bad;
@@ -132,6 +144,14 @@ mod tests {
         assert_eq!(w.strikes(), 1);
         assert_eq!(w.charge(&LIMITS, 3 * MS, 5 * MS), WindowVerdict::Bad);
         assert_eq!(w.strikes(), 0, "a bad window starts a fresh one");
+    }
+
+    #[test]
+    fn one_egregious_poll_makes_a_bad_window_alone() {
+        let mut w = WindowBudget::new(0);
+        assert_eq!(w.charge(&LIMITS, 0, 7 * MS), WindowVerdict::Open);
+        let mut w = WindowBudget::new(0);
+        assert_eq!(w.charge(&LIMITS, 0, 8 * MS), WindowVerdict::Bad);
     }
 
     #[test]

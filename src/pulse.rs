@@ -185,12 +185,6 @@ impl Pulse {
         let mut totals = self.shared.stats.totals(live);
         totals.slow_lane_waiting = self.shared.lane.queue_depth();
         totals.slow_lane_running = self.shared.lane.running();
-        totals.isolated_tasks = self
-            .shared
-            .pool
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(0, IsolationPool::jobs);
         totals
     }
 

@@ -5,7 +5,7 @@
 //! Tier changes and task ends are rare, so the shared counters below are
 //! plain `fetch_add`s off the poll path.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::task::Counters;
@@ -108,6 +108,8 @@ pub(crate) struct PulseStats {
     promotions: [AtomicU64; 4],
     demotions: [AtomicU64; 4],
     watchdog_reports: AtomicU64,
+    /// Gauge: tasks on the isolation pool now.
+    pub isolated_tasks: AtomicUsize,
 }
 
 impl PulseStats {
@@ -155,6 +157,7 @@ impl PulseStats {
             promotions: self.promotions.each_ref().map(load),
             demotions: self.demotions.each_ref().map(load),
             watchdog_reports: load(&self.watchdog_reports),
+            isolated_tasks: self.isolated_tasks.load(Relaxed),
             ..Totals::default()
         };
         let mut busy_ns = load(&self.ended_busy_ns);

@@ -65,16 +65,21 @@ fn report(pulse: &PulseShared, slot: &ThreadSlot, poll: CurrentPoll, now: u64) {
         return; // ended in the meantime
     };
     task.record_stuck();
-    task.force_tier(Tier::Isolate);
     pulse.stats.watchdog_report();
     let running_ms = now.saturating_sub(poll.start_ns) / 1_000_000;
+    let consequence = if task.tier() < Tier::Isolate {
+        task.force_tier(Tier::Isolate);
+        "the task will be isolated at its next poll"
+    } else {
+        "the task is already isolated, off the main workers"
+    };
     tracing::error!(
         task.id = poll.task_id,
         task.name = task.name.as_deref().unwrap_or(""),
         task.location = %task.location,
         thread = slot.thread_name.as_deref().unwrap_or("<unnamed>"),
         running_ms,
-        "tokio-pulse watchdog: a poll has been running for {running_ms} ms without yielding; the task will be isolated at its next poll",
+        "tokio-pulse watchdog: a poll has been running for {running_ms} ms without yielding; {consequence}",
     );
 }
 

@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
+use crate::pulse::PulseShared;
 use crate::task_core::TaskCore;
 use crate::tier::Tier;
 
@@ -82,8 +83,48 @@ pub(crate) trait PoolJob: Send {
 
 /// One isolated task on the pool.
 pub(crate) struct Job<F: Future> {
-    pub core: Option<TaskCore<F>>,
-    pub handoff: Arc<Handoff<F>>,
+    core: Option<TaskCore<F>>,
+    handoff: Arc<Handoff<F>>,
+    /// Counts the job in the `isolated_tasks` gauge until it leaves.
+    pulse: Arc<PulseShared>,
+}
+
+impl<F: Future> Job<F> {
+    pub(crate) fn new(core: TaskCore<F>, handoff: Arc<Handoff<F>>) -> Self {
+        let pulse = Arc::clone(core.pulse());
+        pulse.stats.isolated_tasks.fetch_add(1, Ordering::SeqCst);
+        Job {
+            core: Some(core),
+            handoff,
+            pulse,
+        }
+    }
+
+    /// Ends the job's time on the pool; the gauge drops before the wrapper
+    /// can see the outcome.
+    fn leave(&mut self, outcome: Option<Outcome<F>>) -> bool {
+        self.core = None;
+        self.pulse
+            .stats
+            .isolated_tasks
+            .fetch_sub(1, Ordering::SeqCst);
+        if let Some(outcome) = outcome {
+            self.handoff.finish(outcome);
+        }
+        true
+    }
+}
+
+impl<F: Future> Drop for Job<F> {
+    fn drop(&mut self) {
+        if self.core.is_some() {
+            // Dropped unfinished (the pool shut down): still leave the gauge.
+            self.pulse
+                .stats
+                .isolated_tasks
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl<F> PoolJob for Job<F>
@@ -93,8 +134,7 @@ where
 {
     fn run(&mut self, cx: &mut Context<'_>) -> bool {
         if self.handoff.cancelled.load(Ordering::SeqCst) {
-            self.core = None;
-            return true;
+            return self.core.is_none() || self.leave(None);
         }
         let Some(core) = self.core.as_mut() else {
             return true;
@@ -107,16 +147,8 @@ where
         match catch_unwind(AssertUnwindSafe(|| core.poll_isolated(cx))) {
             Ok(Poll::Pending) if core.tier() < Tier::Isolate => self.send_home(),
             Ok(Poll::Pending) => false,
-            Ok(Poll::Ready(out)) => {
-                self.core = None;
-                self.handoff.finish(Outcome::Output(out));
-                true
-            }
-            Err(payload) => {
-                self.core = None;
-                self.handoff.finish(Outcome::Panicked(payload));
-                true
-            }
+            Ok(Poll::Ready(out)) => self.leave(Some(Outcome::Output(out))),
+            Err(payload) => self.leave(Some(Outcome::Panicked(payload))),
         }
     }
 }
@@ -125,9 +157,9 @@ impl<F: Future> Job<F> {
     /// Demoted: the wrapper polls the future again as soon as it gets it
     /// back, which re-registers the future's wakers with the runtime.
     fn send_home(&mut self) -> bool {
-        if let Some(core) = self.core.take() {
-            self.handoff.finish(Outcome::Returned(core));
+        match self.core.take() {
+            Some(core) => self.leave(Some(Outcome::Returned(core))),
+            None => true,
         }
-        true
     }
 }

@@ -49,10 +49,7 @@ where
         return Err(core);
     };
     let handoff = Arc::new(Handoff::new());
-    let job = Box::new(Job {
-        core: Some(core),
-        handoff: Arc::clone(&handoff),
-    });
+    let job = Box::new(Job::new(core, Arc::clone(&handoff)));
     let job_waker = pool.submit(job, tokio::runtime::Handle::try_current().ok());
     handoff.set_job_waker(job_waker);
     Ok(handoff)

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Wake, Waker};
 
@@ -29,15 +29,11 @@ struct PoolShared {
     queue: Mutex<VecDeque<Arc<PoolTask>>>,
     available: Condvar,
     shutdown: AtomicBool,
-    /// Jobs on the pool now (running or waiting).
-    jobs: AtomicUsize,
 }
 
 impl std::fmt::Debug for PoolShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolShared")
-            .field("jobs", &self.jobs.load(SeqCst))
-            .finish_non_exhaustive()
+        f.debug_struct("PoolShared").finish_non_exhaustive()
     }
 }
 
@@ -100,7 +96,6 @@ impl IsolationPool {
         job: Box<dyn PoolJob>,
         runtime: Option<tokio::runtime::Handle>,
     ) -> Waker {
-        self.shared.jobs.fetch_add(1, SeqCst);
         let task = Arc::new(PoolTask {
             job: Mutex::new(Some(job)),
             scheduled: AtomicBool::new(false),
@@ -110,11 +105,6 @@ impl IsolationPool {
         let waker = Waker::from(Arc::clone(&task));
         waker.wake_by_ref();
         waker
-    }
-
-    /// Isolated tasks on the pool now.
-    pub(crate) fn jobs(&self) -> usize {
-        self.shared.jobs.load(SeqCst)
     }
 }
 
@@ -140,7 +130,6 @@ fn run(pool: &PoolShared, priority: IsolationPriority) {
                 // Dropped here, with the runtime still entered: a future's
                 // destructor may deregister timers or I/O.
                 *job = None;
-                pool.jobs.fetch_sub(1, SeqCst);
             }
         }
     }

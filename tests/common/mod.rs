@@ -62,3 +62,34 @@ pub async fn wait_for(
     .await
     .unwrap_or_else(|_| panic!("no matching tier change for {name} within {within:?}"))
 }
+
+/// Sleeps to 1 ms deadlines for `run`, returning how late each wake-up was,
+/// ignoring the first `settle` (while hogs are being classified).
+pub async fn probe_lateness(run: Duration, settle: Duration) -> Vec<Duration> {
+    let start = Instant::now();
+    let mut lateness = Vec::new();
+    while start.elapsed() < run {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1);
+        tokio::time::sleep_until(deadline).await;
+        if start.elapsed() >= settle {
+            lateness.push(tokio::time::Instant::now() - deadline);
+        }
+    }
+    lateness
+}
+
+/// The `p`-th quantile (0.0 to 1.0) of `samples`.
+pub fn quantile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p) as usize]
+}
+
+/// Names of this process's threads (Linux: from /proc).
+#[cfg(target_os = "linux")]
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim_end().to_owned())
+        .collect()
+}
