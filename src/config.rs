@@ -72,6 +72,12 @@ pub enum ConfigError {
         /// The rule, e.g. "at most 60s".
         rule: &'static str,
     },
+    /// `Pulse::reconfigure` was asked to change a setting that is fixed
+    /// once the `Pulse` is built.
+    NotReloadable {
+        /// The builder method whose value differs from the running one.
+        field: &'static str,
+    },
     /// Two values contradict each other.
     Inconsistent {
         /// The builder method whose value is wrong relative to the other.
@@ -89,6 +95,10 @@ impl fmt::Display for ConfigError {
                 write!(f, "`{field}` is {value}, but it must be {rule}")
             }
             ConfigError::Inconsistent { field, reason } => write!(f, "`{field}`: {reason}"),
+            ConfigError::NotReloadable { field } => write!(
+                f,
+                "`{field}` is fixed when the Pulse is built and cannot be changed by `reconfigure`; build a new Pulse instead"
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::tier::TierChange;
 /// At most `max` events per wall-clock second.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
-    max: u32,
+    max: AtomicU32,
     second: AtomicU64,
     count: AtomicU32,
 }
@@ -21,7 +21,7 @@ pub(crate) struct RateLimiter {
 impl RateLimiter {
     pub(crate) fn new(max: u32) -> Self {
         RateLimiter {
-            max,
+            max: AtomicU32::new(max),
             second: AtomicU64::new(0),
             count: AtomicU32::new(0),
         }
@@ -39,7 +39,11 @@ impl RateLimiter {
         {
             self.count.store(0, Relaxed);
         }
-        self.count.fetch_add(1, Relaxed) < self.max
+        self.count.fetch_add(1, Relaxed) < self.max.load(Relaxed)
+    }
+
+    pub(crate) fn set_max(&self, max: u32) {
+        self.max.store(max, Relaxed);
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, PulseBuilder};
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, PulseBuilder};
 use crate::hooks::{HookSlot, PreemptionHooks};
 use crate::isolation::{IsolationPool, Isolator, isolator};
 use crate::managed::Managed;
@@ -26,7 +28,11 @@ use crate::watchdog;
 pub(crate) struct PulseShared {
     /// Distinguishes this `Pulse`'s polls in the per-thread slots.
     pub id: u64,
-    pub config: Config,
+    /// The configuration in force; replaced whole by `reconfigure`.
+    pub config: ArcSwap<Config>,
+    /// Bumped after each `reconfigure`; a task compares it with the
+    /// generation its cached policy came from (one relaxed load per poll).
+    pub generation: AtomicU64,
     pub registry: Registry,
     pub hooks: HookSlot,
     pub warnings: RateLimiter,
@@ -42,7 +48,8 @@ impl PulseShared {
     pub(crate) fn isolation_pool(&self) -> Option<&IsolationPool> {
         self.pool
             .get_or_init(|| {
-                let i = &self.config.interventions;
+                let config = self.config.load();
+                let i = &config.interventions;
                 IsolationPool::start(i.isolation_threads, i.isolation_priority)
                     .inspect_err(|e| {
                         tracing::error!(error = %e, "tokio-pulse: could not start the isolation pool; isolated tasks stay in the slow lane");
@@ -91,8 +98,7 @@ impl Pulse {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         // Calibrate the clock now rather than inside the first poll.
         clock();
-        let quantum_ns =
-            i64::try_from(as_nanos(config.slow_poll_threshold) * 2).unwrap_or(i64::MAX);
+        let quantum_ns = lane_quantum_ns(&config);
         let shared = Arc::new(PulseShared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             warnings: RateLimiter::new(config.max_warnings_per_second),
@@ -101,10 +107,17 @@ impl Pulse {
             hooks: HookSlot::new(),
             stats: PulseStats::default(),
             pool: OnceLock::new(),
-            config,
+            generation: AtomicU64::new(0),
+            config: ArcSwap::from_pointee(config),
         });
-        if let Some(threshold) = shared.config.interventions.watchdog_threshold {
-            if let Err(e) = watchdog::start(Arc::downgrade(&shared), threshold) {
+        if shared
+            .config
+            .load()
+            .interventions
+            .watchdog_threshold
+            .is_some()
+        {
+            if let Err(e) = watchdog::start(Arc::downgrade(&shared)) {
                 tracing::error!(error = %e, "tokio-pulse: could not start the watchdog thread; stuck polls will not be reported");
             }
         }
@@ -164,7 +177,7 @@ impl Pulse {
             snapshot.tier_counts[t.tier.index()] += 1;
             snapshot.tasks.push(t);
         });
-        if let Some(threshold) = self.shared.config.interventions.watchdog_threshold {
+        if let Some(threshold) = self.shared.config.load().interventions.watchdog_threshold {
             for (poll, thread) in watchdog::running_polls(&self.shared, threshold) {
                 snapshot.stuck.push(StuckPoll {
                     task: crate::task::TaskId(poll.task_id),
@@ -188,6 +201,59 @@ impl Pulse {
         totals
     }
 
+    /// Replaces the configuration while tasks run.
+    ///
+    /// The new values are validated first; nothing changes if any is
+    /// invalid. Each task switches to the whole new configuration at its next
+    /// poll, never to a mix of old and new values. Tier thresholds, the slow
+    /// lane's slots, the warning rate and the watchdog threshold can change;
+    /// the isolation pool's size and priority, and whether there is a
+    /// watchdog at all, are fixed when the `Pulse` is built, and a change to
+    /// them is refused with [`ConfigError::NotReloadable`].
+    ///
+    /// A task already above a lowered `max_tier` is moved down to it at
+    /// its next poll.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_pulse::{Profile, Pulse};
+    ///
+    /// let pulse = Pulse::new();
+    /// pulse.reconfigure(Pulse::builder().profile(Profile::Permissive))?;
+    /// assert!(pulse.reconfigure(Pulse::builder().isolation_threads(64)).is_err());
+    /// # Ok::<(), tokio_pulse::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for an invalid value or a change that cannot be
+    /// made while running.
+    pub fn reconfigure(&self, builder: PulseBuilder) -> Result<(), ConfigError> {
+        let new = builder.config()?;
+        let old = self.shared.config.load();
+        let (o, n) = (&old.interventions, &new.interventions);
+        if o.isolation_threads != n.isolation_threads {
+            return Err(ConfigError::NotReloadable {
+                field: "isolation_threads",
+            });
+        }
+        if o.isolation_priority != n.isolation_priority {
+            return Err(ConfigError::NotReloadable {
+                field: "isolation_priority",
+            });
+        }
+        if o.watchdog_threshold.is_some() != n.watchdog_threshold.is_some() {
+            return Err(ConfigError::NotReloadable {
+                field: "without_watchdog",
+            });
+        }
+        self.shared.lane.set_slots(n.slow_lane_slots);
+        self.shared.lane.set_quantum_ns(lane_quantum_ns(&new));
+        self.shared.warnings.set_max(new.max_warnings_per_second);
+        self.shared.config.store(Arc::new(new));
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
     /// Live managed tasks, without building a snapshot.
     pub fn task_count(&self) -> usize {
         self.shared.registry.len()
@@ -204,6 +270,12 @@ impl Pulse {
     pub fn clear_hooks(&self) {
         self.shared.hooks.clear();
     }
+}
+
+/// Deficit round robin quantum of the slow lane: two slow-poll thresholds
+/// of poll time per turn.
+fn lane_quantum_ns(config: &Config) -> i64 {
+    i64::try_from(as_nanos(config.slow_poll_threshold).saturating_mul(2)).unwrap_or(i64::MAX)
 }
 
 impl Default for Pulse {

@@ -18,7 +18,7 @@
 //! no allocation); it is queued at most once at a time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, fence};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -30,11 +30,11 @@ const QUEUE_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct SlowLane {
-    slots: usize,
+    slots: AtomicUsize,
     running: AtomicUsize,
     waiting: ArrayQueue<Arc<TaskShared>>,
     /// Deficit round robin quantum, in nanoseconds of poll time.
-    pub quantum_ns: i64,
+    quantum_ns: AtomicI64,
 }
 
 /// A held slot; dropping it releases the slot and offers it to the next
@@ -55,17 +55,32 @@ impl Drop for LaneSlot<'_> {
 impl SlowLane {
     pub(crate) fn new(slots: usize, quantum_ns: i64) -> Self {
         SlowLane {
-            slots,
+            slots: AtomicUsize::new(slots),
             running: AtomicUsize::new(0),
             waiting: ArrayQueue::new(QUEUE_CAPACITY),
-            quantum_ns,
+            quantum_ns: AtomicI64::new(quantum_ns),
         }
+    }
+
+    pub(crate) fn set_slots(&self, slots: usize) {
+        self.slots.store(slots, SeqCst);
+        // More room may mean waiting tasks can go now.
+        self.offer_next();
+    }
+
+    pub(crate) fn quantum_ns(&self) -> i64 {
+        self.quantum_ns.load(Relaxed)
+    }
+
+    pub(crate) fn set_quantum_ns(&self, quantum_ns: i64) {
+        self.quantum_ns.store(quantum_ns, Relaxed);
     }
 
     /// Takes a slot if one is free.
     pub(crate) fn try_enter(&self) -> Option<LaneSlot<'_>> {
+        let slots = self.slots.load(SeqCst);
         let mut running = self.running.load(SeqCst);
-        while running < self.slots {
+        while running < slots {
             match self
                 .running
                 .compare_exchange_weak(running, running + 1, SeqCst, SeqCst)
@@ -98,7 +113,7 @@ impl SlowLane {
 
     /// Wakes the first waiting task that is still alive, offering it a slot.
     pub(crate) fn offer_next(&self) {
-        if self.running.load(SeqCst) >= self.slots {
+        if self.running.load(SeqCst) >= self.slots.load(SeqCst) {
             return;
         }
         while let Some(task) = self.waiting.pop() {
@@ -127,7 +142,6 @@ impl SlowLane {
 mod tests {
     use super::*;
     use std::panic::Location;
-    use std::sync::atomic::Ordering::Relaxed;
     use std::task::{Wake, Waker};
 
     struct CountWakes(std::sync::atomic::AtomicUsize);

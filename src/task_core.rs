@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use crate::checkpoint::defer;
@@ -31,6 +32,10 @@ pub(crate) struct TaskCore<F: Future> {
     deficit_ns: i64,
     /// The task has waited in the slow lane, so it may be offered a slot.
     lane_user: bool,
+    /// The highest tier this task can be in: `Yield` if it cannot move.
+    max_tier: Tier,
+    /// The configuration generation `policy` was derived from.
+    generation: u64,
 }
 
 impl<F: Future> TaskCore<F> {
@@ -40,9 +45,12 @@ impl<F: Future> TaskCore<F> {
         future: F,
         max_tier: Tier,
     ) -> Self {
+        let generation = pulse.generation.load(Ordering::Acquire);
         TaskCore {
             future: Box::pin(future),
-            policy: pulse.config.escalation_policy(max_tier),
+            policy: pulse.config.load().escalation_policy(max_tier),
+            max_tier,
+            generation,
             escalation: Escalation::new(clock().now_ns()),
             task,
             pulse,
@@ -59,10 +67,24 @@ impl<F: Future> TaskCore<F> {
     /// The task's tier, after applying any escalation the watchdog asked for.
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
+        if self.pulse.generation.load(Ordering::Relaxed) != self.generation {
+            self.reload_policy();
+        }
         if let Some(forced) = self.task.take_forced_tier() {
             self.force(forced);
         }
         self.escalation.tier()
+    }
+
+    /// Switches to the configuration `Pulse::reconfigure` published: all
+    /// of it at once, from one snapshot.
+    #[cold]
+    fn reload_policy(&mut self) {
+        self.generation = self.pulse.generation.load(Ordering::Acquire);
+        self.policy = self.pulse.config.load().escalation_policy(self.max_tier);
+        if self.escalation.tier() > self.policy.max_tier {
+            self.force(self.policy.max_tier);
+        }
     }
 
     #[cold]
@@ -126,7 +148,7 @@ impl<F: Future> TaskCore<F> {
         let pulse = Arc::clone(&self.pulse);
         let lane = &pulse.lane;
         if self.deficit_ns <= 0 {
-            self.deficit_ns += lane.quantum_ns;
+            self.deficit_ns += lane.quantum_ns();
             if self.deficit_ns <= 0 {
                 // In debt from earlier long polls: pass this turn on.
                 if offered {

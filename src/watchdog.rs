@@ -23,22 +23,32 @@ use crate::tier::Tier;
 use crate::timing::{as_nanos, clock};
 
 /// Starts the watchdog of one `Pulse`. The thread ends within one period
-/// after the `Pulse` and all its tasks are gone.
-pub(crate) fn start(pulse: Weak<PulseShared>, threshold: Duration) -> std::io::Result<()> {
-    let period = (threshold / 4).clamp(Duration::from_millis(1), Duration::from_millis(250));
-    let threshold_ns = as_nanos(threshold);
+/// after the `Pulse` and all its tasks are gone. The threshold is re-read
+/// each period, so `Pulse::reconfigure` can change it.
+pub(crate) fn start(pulse: Weak<PulseShared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("pulse-watchdog".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(period);
+                let threshold = match pulse.upgrade() {
+                    Some(p) => p.config.load().interventions.watchdog_threshold,
+                    None => return,
+                };
+                let Some(threshold) = threshold else { return };
+                std::thread::sleep(period(threshold));
                 let Some(pulse) = pulse.upgrade() else {
                     return;
                 };
-                scan(&pulse, threshold_ns);
+                scan(&pulse, as_nanos(threshold));
             }
         })
         .map(drop)
+}
+
+/// How often to look: a quarter of the threshold, so a stuck poll is
+/// reported at most 25 % late.
+fn period(threshold: Duration) -> Duration {
+    (threshold / 4).clamp(Duration::from_millis(1), Duration::from_millis(250))
 }
 
 /// Reports every poll of this `Pulse`'s tasks running past the threshold.

@@ -110,3 +110,91 @@ fn a_window_over_a_minute_is_rejected() {
     ));
     assert!(msg.contains("at most 60s"), "{msg}");
 }
+
+#[test]
+fn reconfigure_validates_and_refuses_fixed_settings() {
+    let pulse = Pulse::builder().isolation_threads(2).build().unwrap();
+    let err = pulse
+        .reconfigure(Pulse::builder().isolation_threads(3))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::NotReloadable {
+            field: "isolation_threads"
+        }
+    );
+    assert!(
+        err.to_string().contains("`isolation_threads` is fixed"),
+        "{err}"
+    );
+    let err = pulse
+        .reconfigure(
+            Pulse::builder()
+                .isolation_threads(2)
+                .cpu_budget(Duration::ZERO),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::Zero {
+            field: "cpu_budget"
+        }
+    );
+    pulse
+        .reconfigure(
+            Pulse::builder()
+                .isolation_threads(2)
+                .profile(Profile::Aggressive),
+        )
+        .unwrap();
+}
+
+#[test]
+fn intervention_settings_are_validated() {
+    let (err, _) = rejected(Pulse::builder().slow_lane_slots(0));
+    assert_eq!(
+        err,
+        ConfigError::Zero {
+            field: "slow_lane_slots"
+        }
+    );
+    let (err, _) = rejected(Pulse::builder().isolation_threads(0));
+    assert_eq!(
+        err,
+        ConfigError::Zero {
+            field: "isolation_threads"
+        }
+    );
+    let (err, msg) = rejected(Pulse::builder().isolation_threads(5000));
+    assert!(
+        matches!(
+            err,
+            ConfigError::OutOfRange {
+                field: "isolation_threads",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    let (err, msg) =
+        rejected(Pulse::builder().isolation_priority(tokio_pulse::IsolationPriority::Nice(40)));
+    assert!(msg.contains("-20 to 19"), "{msg}");
+    assert!(matches!(
+        err,
+        ConfigError::OutOfRange {
+            field: "isolation_priority",
+            ..
+        }
+    ));
+    let (err, msg) = rejected(Pulse::builder().watchdog_threshold(Duration::from_micros(500)));
+    assert!(
+        matches!(
+            err,
+            ConfigError::Inconsistent {
+                field: "watchdog_threshold",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+}

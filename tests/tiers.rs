@@ -146,3 +146,34 @@ async fn max_tier_warn_reports_but_never_intervenes() {
         assert!(c.to <= Tier::Warn, "went past max_tier: {c:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_lowering_max_tier_moves_a_running_hog_down_at_its_next_poll() {
+    let pulse = Pulse::new();
+    let (hooks, mut changes) = TierEvents::new();
+    pulse.set_hooks(hooks);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let hog = pulse.spawn_named("hog", async move {
+        while !s.load(Ordering::Relaxed) {
+            spin(Duration::from_millis(2));
+            tokio::task::yield_now().await;
+        }
+        std::thread::current().name().unwrap_or("").to_owned()
+    });
+    wait_for(&mut changes, Duration::from_secs(2), "hog", |c| {
+        c.to == Tier::Isolate
+    })
+    .await;
+    pulse
+        .reconfigure(Pulse::builder().max_tier(Tier::Warn))
+        .unwrap();
+    let c = wait_for(&mut changes, Duration::from_secs(2), "hog", |_| true).await;
+    assert_eq!((c.from, c.to), (Tier::Isolate, Tier::Warn));
+    stop.store(true, Ordering::Relaxed);
+    let last_thread = hog.await.unwrap();
+    assert!(
+        last_thread.starts_with("tokio-"),
+        "still isolated: {last_thread}"
+    );
+}
