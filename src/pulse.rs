@@ -60,7 +60,7 @@ impl PulseShared {
     }
 }
 
-/// Manages tasks: measures their polls, classifies them into [`Tier`]s, and
+/// Manages tasks: measures their polls, classifies them into [`Tier`](crate::Tier)s, and
 /// intervenes against the ones that hog their workers.
 ///
 /// Cheap to clone (one `Arc`); clones manage the same set of tasks.

@@ -39,6 +39,9 @@ where
     isolate::<F>
 }
 
+// The error hands the core back by value on a path taken at most once per
+// task (the pool failed to start); boxing it would cost more than it saves.
+#[allow(clippy::result_large_err)]
 fn isolate<F>(core: TaskCore<F>) -> Result<Arc<Handoff<F>>, TaskCore<F>>
 where
     F: Future + Send + 'static,
