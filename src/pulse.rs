@@ -288,7 +288,7 @@ impl Default for Pulse {
 /// spawner runs it: a `LocalSet`, a `JoinSet`, `block_on`, a `select!`.
 ///
 /// Such a future may not be `Send`, so it can never move to the isolation
-/// pool: its tier is capped at [`Tier::Yield`].
+/// pool: its tier is capped at [`Tier::Yield`](crate::Tier::Yield).
 ///
 /// ```
 /// use tokio_pulse::{Pulse, PulseExt};
