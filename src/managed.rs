@@ -133,6 +133,11 @@ impl<F: Future> Future for Managed<F> {
 impl<F: Future> Drop for Managed<F> {
     fn drop(&mut self) {
         self.task.ended.store(true, Ordering::SeqCst);
+        // Woken with a slow-lane slot on offer but never polled again (e.g.
+        // aborted): pass the offer on, or the waiting tasks would stall.
+        if self.task.lane.offered.swap(false, Ordering::SeqCst) {
+            self.pulse.lane.offer_next();
+        }
         if let State::Isolated(handoff) = &self.state {
             handoff.cancel();
         }
