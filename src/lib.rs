@@ -76,6 +76,7 @@ mod registry;
 mod slow_lane;
 mod snapshot;
 mod stats;
+mod sync;
 mod task;
 mod task_core;
 mod tier;

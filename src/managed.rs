@@ -15,7 +15,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use crate::isolation::{Handoff, Isolator, Outcome};
@@ -132,10 +131,9 @@ impl<F: Future> Future for Managed<F> {
 
 impl<F: Future> Drop for Managed<F> {
     fn drop(&mut self) {
-        self.task.ended.store(true, Ordering::SeqCst);
         // Woken with a slow-lane slot on offer but never polled again (e.g.
         // aborted): pass the offer on, or the waiting tasks would stall.
-        if self.task.lane.offered.swap(false, Ordering::SeqCst) {
+        if self.task.lane.end() {
             self.pulse.lane.offer_next();
         }
         if let State::Isolated(handoff) = &self.state {

@@ -18,10 +18,9 @@
 //! no allocation); it is queued at most once at a time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, fence};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crossbeam_queue::ArrayQueue;
-
+use crate::sync::{AtomicI64, AtomicUsize, BoundedQueue, fence};
 use crate::task::TaskShared;
 
 /// Waiting tasks the queue holds; past that, tasks fall back to plain
@@ -32,7 +31,7 @@ const QUEUE_CAPACITY: usize = 16 * 1024;
 pub(crate) struct SlowLane {
     slots: AtomicUsize,
     running: AtomicUsize,
-    waiting: ArrayQueue<Arc<TaskShared>>,
+    waiting: BoundedQueue<Arc<TaskShared>>,
     /// Deficit round robin quantum, in nanoseconds of poll time.
     quantum_ns: AtomicI64,
 }
@@ -57,7 +56,7 @@ impl SlowLane {
         SlowLane {
             slots: AtomicUsize::new(slots),
             running: AtomicUsize::new(0),
-            waiting: ArrayQueue::new(QUEUE_CAPACITY),
+            waiting: BoundedQueue::new(QUEUE_CAPACITY),
             quantum_ns: AtomicI64::new(quantum_ns),
         }
     }
@@ -118,12 +117,11 @@ impl SlowLane {
         }
         while let Some(task) = self.waiting.pop() {
             task.lane.queued.store(false, SeqCst);
-            if task.ended.load(SeqCst) {
-                continue;
+            // Skips tasks that have ended since they queued.
+            if task.lane.offer() {
+                task.lane.waker.wake();
+                return;
             }
-            task.lane.offered.store(true, SeqCst);
-            task.lane.waker.wake();
-            return;
         }
     }
 
@@ -138,7 +136,7 @@ impl SlowLane {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(pulse_loom)))]
 mod tests {
     use super::*;
     use std::panic::Location;
@@ -170,7 +168,7 @@ mod tests {
         assert_eq!(lane.queue_depth(), 1);
         drop(a);
         assert_eq!(wakes.0.load(Relaxed), 1, "release did not wake the waiter");
-        assert!(t.lane.offered.load(Relaxed));
+        assert!(t.lane.is_offered());
         assert!(lane.try_enter().is_some());
     }
 
@@ -193,10 +191,117 @@ mod tests {
         let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
         lane.wait(&dead, Waker::noop()).unwrap();
         lane.wait(&alive, &Waker::from(wakes.clone())).unwrap();
-        dead.ended.store(true, Relaxed);
+        assert!(!dead.lane.end());
         drop(held);
         assert_eq!(wakes.0.load(Relaxed), 1);
-        assert!(alive.lane.offered.load(Relaxed));
-        assert!(!dead.lane.offered.load(Relaxed));
+        assert!(alive.lane.is_offered());
+        assert!(!dead.lane.is_offered());
+    }
+}
+
+/// Model checks of the lane's protocol: `RUSTFLAGS="--cfg pulse_loom"
+/// cargo test --lib --release loom`. Each explores every interleaving of
+/// its threads that the C11 memory model allows.
+#[cfg(all(test, pulse_loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::AtomicBool;
+    use loom::thread;
+    use std::panic::Location;
+    use std::task::{Wake, Waker};
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    fn flag_waker() -> (Arc<Flag>, Waker) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        (flag.clone(), Waker::from(flag))
+    }
+
+    fn task() -> Arc<TaskShared> {
+        Arc::new(TaskShared::new(None, Location::caller()))
+    }
+
+    /// A task that finds the lane full and waits is never forgotten: it
+    /// either takes the slot freed meanwhile or is woken with an offer.
+    #[test]
+    fn loom_a_waiting_task_never_misses_a_released_slot() {
+        loom::model(|| {
+            let lane = Arc::new(SlowLane::new(1, 1));
+            let held = lane.try_enter().unwrap();
+            let (woken, waker) = flag_waker();
+            let (l, t) = (lane.clone(), task());
+            let waiter = thread::spawn(move || match l.wait(&t, &waker) {
+                Ok(slot) => slot.is_some(),
+                Err(()) => unreachable!("queue cannot be full"),
+            });
+            drop(held);
+            let took_slot = waiter.join().unwrap();
+            assert!(
+                took_slot || woken.0.load(SeqCst),
+                "released slot went unnoticed"
+            );
+        });
+    }
+
+    /// With one slot, two tasks never poll in the lane at the same time.
+    #[test]
+    fn loom_slots_cap_concurrent_polls() {
+        loom::model(|| {
+            let lane = Arc::new(SlowLane::new(1, 1));
+            let inside = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (lane, inside) = (lane.clone(), inside.clone());
+                    thread::spawn(move || {
+                        if let Some(slot) = lane.try_enter() {
+                            assert_eq!(
+                                inside.fetch_add(1, SeqCst),
+                                0,
+                                "two polls in a one-slot lane"
+                            );
+                            inside.fetch_sub(1, SeqCst);
+                            drop(slot);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(lane.running(), 0);
+        });
+    }
+
+    /// An offer made to a task that is dropped at the same moment reaches
+    /// the next waiting task (the wrapper's `Drop` passes it on).
+    #[test]
+    fn loom_an_offer_to_a_dropped_task_passes_to_the_next() {
+        loom::model(|| {
+            let lane = Arc::new(SlowLane::new(1, 1));
+            let held = lane.try_enter().unwrap();
+            let (doomed, next) = (task(), task());
+            let (_, doomed_waker) = flag_waker();
+            let (next_woken, next_waker) = flag_waker();
+            assert!(lane.wait(&doomed, &doomed_waker).unwrap().is_none());
+            assert!(lane.wait(&next, &next_waker).unwrap().is_none());
+            let l = lane.clone();
+            let dropper = thread::spawn(move || {
+                // What `Managed::drop` does.
+                if doomed.lane.end() {
+                    l.offer_next();
+                }
+            });
+            drop(held);
+            dropper.join().unwrap();
+            assert!(
+                next_woken.0.load(SeqCst),
+                "the offer was lost with the dropped task"
+            );
+        });
     }
 }

@@ -10,11 +10,10 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
-
-use atomic_waker::AtomicWaker;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::stats::{POLL_TIME_BUCKETS, PollHistogram, bucket_of};
+use crate::sync::{AtomicBool, AtomicU8, AtomicU64, WakerSlot};
 use crate::tier::Tier;
 
 /// A managed task's identifier, unique within the process.
@@ -31,7 +30,8 @@ impl TaskId {
     }
 
     fn next() -> TaskId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // Process-wide and never contended in a model: plain std atomic.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         TaskId(NEXT.fetch_add(1, Relaxed))
     }
 }
@@ -58,22 +58,55 @@ pub(crate) struct TaskShared {
     stuck_reports: AtomicU64,
     /// A tier the watchdog wants the task moved to at its next poll (0: none).
     forced_tier: AtomicU8,
-    /// Set when the task's wrapper is dropped, so the slow lane skips it.
-    pub ended: AtomicBool,
     /// The slow lane's hold on this task; see `slow_lane`.
     pub lane: LaneEntry,
 }
 
 /// A task's place in the slow lane's wait queue.
+///
+/// Whether the task holds an offer and whether it has ended are one atomic
+/// state changed only by read-modify-write operations, so the lane offering
+/// a slot and the wrapper being dropped at the same moment always agree on
+/// who passes the offer on (a pair of flags would need sequentially
+/// consistent store-load ordering, which the loom model showed to be
+/// fragile).
 #[derive(Debug, Default)]
 pub(crate) struct LaneEntry {
     /// Woken when the lane has room.
-    pub waker: AtomicWaker,
+    pub waker: WakerSlot,
     /// The task is in the wait queue (so it is pushed at most once).
     pub queued: AtomicBool,
-    /// The lane woke the task to offer it a slot; if the task no longer
-    /// wants one it must pass the offer on.
-    pub offered: AtomicBool,
+    state: AtomicU8,
+}
+
+const LANE_IDLE: u8 = 0;
+const LANE_OFFERED: u8 = 1;
+const LANE_ENDED: u8 = 2;
+
+impl LaneEntry {
+    /// Offers the task a slot; `false` if it has ended (or holds one).
+    pub(crate) fn offer(&self) -> bool {
+        self.state
+            .compare_exchange(LANE_IDLE, LANE_OFFERED, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Takes the offer the task holds, if any.
+    pub(crate) fn take_offer(&self) -> bool {
+        self.state
+            .compare_exchange(LANE_OFFERED, LANE_IDLE, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Marks the task ended; `true` if it held an offer it must pass on.
+    pub(crate) fn end(&self) -> bool {
+        self.state.swap(LANE_ENDED, SeqCst) == LANE_OFFERED
+    }
+
+    #[cfg(all(test, not(pulse_loom)))]
+    pub(crate) fn is_offered(&self) -> bool {
+        self.state.load(SeqCst) == LANE_OFFERED
+    }
 }
 
 impl TaskShared {
@@ -94,7 +127,6 @@ impl TaskShared {
             histogram: Default::default(),
             stuck_reports: AtomicU64::new(0),
             forced_tier: AtomicU8::new(0),
-            ended: AtomicBool::new(false),
             lane: LaneEntry::default(),
         }
     }
@@ -214,5 +246,30 @@ impl fmt::Debug for TaskInfo<'_> {
             .field("location", &format_args!("{}", self.location()))
             .field("tier", &self.tier())
             .finish()
+    }
+}
+
+/// Model check of the watchdog's escalation request against the poller
+/// taking it: `RUSTFLAGS="--cfg pulse_loom" cargo test --lib --release loom`.
+#[cfg(all(test, pulse_loom))]
+mod loom_models {
+    use super::*;
+    use loom::thread;
+    use std::sync::Arc;
+
+    /// A request made while the task is being polled is taken exactly once:
+    /// never lost, never applied twice.
+    #[test]
+    fn loom_a_forced_tier_request_is_taken_exactly_once() {
+        loom::model(|| {
+            let task = Arc::new(TaskShared::new(None, Location::caller()));
+            let t = task.clone();
+            let watchdog = thread::spawn(move || t.force_tier(Tier::Isolate));
+            let mut taken = usize::from(task.take_forced_tier().is_some());
+            watchdog.join().unwrap();
+            taken += usize::from(task.take_forced_tier().is_some());
+            assert_eq!(taken, 1);
+            assert_eq!(task.take_forced_tier(), None);
+        });
     }
 }

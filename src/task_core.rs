@@ -120,23 +120,14 @@ impl<F: Future> TaskCore<F> {
     /// If the slow lane offered this task a slot it will not use, offers it
     /// to the next waiting task instead, so no slot is left unclaimed.
     pub(crate) fn pass_lane_offer(&self) {
-        if self
-            .task
-            .lane
-            .offered
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.task.lane.take_offer() {
             self.pulse.lane.offer_next();
         }
     }
 
     fn poll_in_slow_lane(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
         self.lane_user = true;
-        let offered = self
-            .task
-            .lane
-            .offered
-            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let offered = self.task.lane.take_offer();
         // Give way behind other ready work first, unless the task already
         // waited in the lane's queue.
         if !offered && !self.deferred {
