@@ -67,9 +67,15 @@ impl ThreadSlot {
         })
     }
 
+    /// Publishes `poll` (or "no poll" when its start is 0). `replacing`
+    /// says whether a poll was published before: only then must the start
+    /// be cleared first, so that a reader never pairs the old start with
+    /// the new ids.
     #[inline]
-    fn publish(&self, poll: &CurrentPoll) {
-        self.start_ns.store(0, Relaxed);
+    fn publish(&self, poll: &CurrentPoll, replacing: bool) {
+        if replacing {
+            self.start_ns.store(0, Relaxed);
+        }
         if poll.start_ns == 0 {
             return;
         }
@@ -140,8 +146,9 @@ impl PollScope {
     pub(crate) fn enter(poll: CurrentPoll) -> PollScope {
         let outer = CONTEXT
             .try_with(|c| {
-                c.slot.get_or_init(register_slot).publish(&poll);
-                c.current.replace(poll)
+                let outer = c.current.replace(poll);
+                c.slot.get_or_init(register_slot).publish(&poll, outer.start_ns != 0);
+                outer
             })
             .unwrap_or(CurrentPoll::NONE);
         PollScope { outer }
@@ -154,7 +161,7 @@ impl Drop for PollScope {
         let _ = CONTEXT.try_with(|c| {
             c.current.set(self.outer);
             if let Some(slot) = c.slot.get() {
-                slot.publish(&self.outer);
+                slot.publish(&self.outer, true);
             }
         });
     }

@@ -86,8 +86,9 @@ impl<F: Future> Future for Managed<F> {
         loop {
             match &mut this.state {
                 State::Local(core) => {
+                    let tier = core.tier();
                     if let Some(isolate) = this.isolator {
-                        if core.tier() == Tier::Isolate {
+                        if tier == Tier::Isolate {
                             let State::Local(core) =
                                 std::mem::replace(&mut this.state, State::Done)
                             else {
@@ -105,7 +106,7 @@ impl<F: Future> Future for Managed<F> {
                             continue;
                         }
                     }
-                    let out = core.poll_local(cx);
+                    let out = core.poll_local(cx, tier);
                     if out.is_ready() {
                         this.state = State::Done;
                     }

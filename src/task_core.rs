@@ -98,10 +98,10 @@ impl<F: Future> TaskCore<F> {
         }
     }
 
-    /// Polls on the main workers, applying the tier's intervention.
+    /// Polls on the main workers, applying the intervention of `tier`
+    /// (from [`tier`](Self::tier), just before).
     #[inline]
-    pub(crate) fn poll_local(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let tier = self.tier();
+    pub(crate) fn poll_local(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
         if tier >= Tier::Yield {
             return self.poll_in_slow_lane(cx, tier);
         }
@@ -113,8 +113,7 @@ impl<F: Future> TaskCore<F> {
 
     /// Polls on an isolation pool thread: no further intervention there.
     pub(crate) fn poll_isolated(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let tier = self.tier();
-        self.poll_measured(cx, tier)
+        self.poll_measured(cx, Tier::Isolate)
     }
 
     /// If the slow lane offered this task a slot it will not use, offers it

@@ -145,6 +145,8 @@ where
         // Tokio catches a task's panic at the same boundary; the payload
         // travels to the wrapper, which re-raises it on the runtime.
         match catch_unwind(AssertUnwindSafe(|| core.poll_isolated(cx))) {
+            // Demoted by this very poll: go home now rather than at the
+            // next wake-up.
             Ok(Poll::Pending) if core.tier() < Tier::Isolate => self.send_home(),
             Ok(Poll::Pending) => false,
             Ok(Poll::Ready(out)) => self.leave(Some(Outcome::Output(out))),
