@@ -11,6 +11,7 @@ use tokio_pulse::{Pulse, Tier};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5ms_hog_is_promoted_within_a_second_while_a_microsecond_task_stays_monitor() {
+    let _serial = common::serial().await;
     let pulse = Pulse::new();
     let (hooks, mut changes) = TierEvents::new();
     pulse.set_hooks(hooks);
@@ -80,6 +81,7 @@ async fn a_5ms_hog_is_promoted_within_a_second_while_a_microsecond_task_stays_mo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_task_is_demoted_step_by_step_after_it_behaves() {
+    let _serial = common::serial().await;
     let pulse = Pulse::builder()
         .budget_window(Duration::from_millis(20))
         .clean_windows_to_demote(3)
@@ -128,6 +130,7 @@ async fn a_promoted_task_is_demoted_step_by_step_after_it_behaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tier_warn_reports_but_never_intervenes() {
+    let _serial = common::serial().await;
     let pulse = Pulse::builder().max_tier(Tier::Warn).build().unwrap();
     let (hooks, mut changes) = TierEvents::new();
     pulse.set_hooks(hooks);
@@ -149,6 +152,7 @@ async fn max_tier_warn_reports_but_never_intervenes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconfigure_lowering_max_tier_moves_a_running_hog_down_at_its_next_poll() {
+    let _serial = common::serial().await;
     let pulse = Pulse::new();
     let (hooks, mut changes) = TierEvents::new();
     pulse.set_hooks(hooks);

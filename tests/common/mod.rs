@@ -93,3 +93,11 @@ pub fn thread_names() -> Vec<String> {
         .map(|s| s.trim_end().to_owned())
         .collect()
 }
+
+/// Serialises the tests that hold it: tests whose assertions about a
+/// well-behaved task would be skewed by other tests' hogs competing for the
+/// same two cores.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
