@@ -78,6 +78,10 @@ mod task;
 mod tier;
 mod timing;
 
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals;
+
 pub use checkpoint::{Checkpoint, checkpoint};
 pub use config::{ConfigError, Profile, PulseBuilder};
 pub use hooks::{PollReport, PreemptionHooks};

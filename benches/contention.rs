@@ -1,0 +1,165 @@
+//! Per-poll cost under contention: many threads polling managed tasks of
+//! one `Pulse` at once, and many live managed tasks.
+//!
+//! The design document's known bottleneck was a shared map consulted on
+//! every poll, which degraded past 1 000 tasks. Here the poll path touches
+//! only the task's own state and read-only `Pulse` state, so the cost per
+//! poll should not grow with threads or with live tasks.
+//!
+//! Thread counts above the machine's core count oversubscribe it, so the
+//! threaded cases report each thread's own CPU time per poll (time spent
+//! descheduled does not count), averaged over threads: a cost that grows
+//! with threads would mean cache-line sharing between them.
+//!
+//! `cargo bench --bench contention`
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tokio_pulse::{PreemptionHooks, Pulse, PulseExt};
+
+/// Pending forever, after a counter bump.
+#[derive(Default)]
+struct Ticker(u64);
+
+impl Future for Ticker {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        self.0 = black_box(self.0 + 1);
+        Poll::Pending
+    }
+}
+
+#[inline]
+fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>, cx: &mut Context<'_>) {
+    black_box(fut.poll(cx).is_pending());
+}
+
+/// CPU time of the calling thread, or wall time where the platform cannot tell.
+#[cfg(unix)]
+fn thread_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(not(unix))]
+fn thread_time_ns() -> u64 {
+    use std::sync::OnceLock;
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+/// `threads` threads each poll their own future `iters` times, all at once;
+/// returns the mean over threads of each thread's CPU time.
+fn polls_on_threads<F, M>(threads: usize, iters: u64, make: M) -> Duration
+where
+    F: Future + Unpin,
+    M: Fn() -> F + Sync,
+{
+    let start = Barrier::new(threads);
+    let total_ns = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut fut = make();
+                let mut cx = Context::from_waker(Waker::noop());
+                start.wait();
+                let t0 = thread_time_ns();
+                for _ in 0..iters {
+                    poll_once(Pin::new(&mut fut), &mut cx);
+                }
+                total_ns.fetch_add(thread_time_ns() - t0, Ordering::Relaxed);
+            });
+        }
+    });
+    Duration::from_nanos(total_ns.into_inner() / threads as u64)
+}
+
+struct NoopHooks;
+impl PreemptionHooks for NoopHooks {}
+
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("threads");
+    let pulse = Pulse::new();
+    let hooked = Pulse::new();
+    hooked.set_hooks(Arc::new(NoopHooks));
+    for n in [1, 2, 4, 8, 16] {
+        g.bench_with_input(BenchmarkId::new("bare", n), &n, |b, &n| {
+            b.iter_custom(|iters| polls_on_threads(n, iters, Ticker::default))
+        });
+        g.bench_with_input(BenchmarkId::new("managed", n), &n, |b, &n| {
+            b.iter_custom(|iters| polls_on_threads(n, iters, || Ticker::default().pulse(&pulse)))
+        });
+        g.bench_with_input(BenchmarkId::new("managed_hooks", n), &n, |b, &n| {
+            b.iter_custom(|iters| polls_on_threads(n, iters, || Ticker::default().pulse(&hooked)))
+        });
+    }
+    g.finish();
+}
+
+/// One poll each, in turn, over `tasks`: every poll touches a different
+/// task's memory, as when a runtime works through many ready tasks.
+fn round_robin<F: Future + ?Sized>(tasks: &mut [Pin<Box<F>>]) -> impl FnMut() + '_ {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut i = 0;
+    move || {
+        poll_once(tasks[i].as_mut(), &mut cx);
+        i += 1;
+        if i == tasks.len() {
+            i = 0;
+        }
+    }
+}
+
+fn live_tasks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("live_tasks");
+    for n in [1usize, 1_000, 100_000] {
+        let pulse = Pulse::new();
+        // Boxed one by one, like futures in Tokio's task cells.
+        let mut managed: Vec<_> = (0..n)
+            .map(|_| Box::pin(Ticker::default().pulse(&pulse)))
+            .collect();
+        let mut bare: Vec<_> = (0..n).map(|_| Box::pin(Ticker::default())).collect();
+        assert_eq!(pulse.task_count(), n);
+
+        g.bench_with_input(BenchmarkId::new("managed_one", n), &n, |b, _| {
+            let mut poll = round_robin(&mut managed[..1]);
+            b.iter(&mut poll)
+        });
+        g.bench_with_input(BenchmarkId::new("bare_round_robin", n), &n, |b, _| {
+            b.iter(round_robin(&mut bare))
+        });
+        g.bench_with_input(BenchmarkId::new("managed_round_robin", n), &n, |b, _| {
+            b.iter(round_robin(&mut managed))
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = threads, live_tasks
+}
+criterion_main!(benches);
