@@ -1,16 +1,21 @@
 //! The full managed-poll cycle against a bare poll of the same future.
 //!
 //! The future does almost nothing (a counter bump, then `Pending`), so the
-//! difference between `bare` and each `managed_*` case is what tokio-pulse
-//! adds to one poll. Polled by hand with a no-op waker: no runtime, no
-//! scheduler, nothing else in the measurement.
+//! difference between `poll/bare` and each `poll/managed_*` case is what
+//! tokio-pulse adds to one poll; `overhead/managed_*` measures that
+//! difference directly, interleaving the two (see `added_time`). Polled by
+//! hand with a no-op waker: no runtime, no scheduler, nothing else in the
+//! measurement.
 //!
 //! - `managed_monitor`: a well-behaved task, no hooks. The wall clock (TSC)
 //!   is read twice; thread CPU time is not read ("CPU timing off"). This is
 //!   what nearly every poll costs.
 //! - `managed_hooks`: the same with no-op hooks installed.
-//! - `managed_warn`: a task held at `Warn`, whose polls also read thread CPU
-//!   time twice ("CPU timing on"): what a suspect's poll costs.
+//! - `managed_suspect_short`: a task held at `Warn` whose polls are short:
+//!   its CPU time is not read either.
+//! - `managed_suspect_cpu`: a task held at `Warn` whose every poll counts
+//!   as long, so thread CPU time is read twice per poll ("CPU timing on"):
+//!   what a suspect's long poll costs on top of its length.
 //!
 //! `cargo bench --bench managed_poll`
 
@@ -53,28 +58,65 @@ impl Future for Ticker {
     }
 }
 
+/// Benches polls of `fut` as `poll/<name>`, and what they add to a bare
+/// poll as `overhead/<name>`.
 fn bench_polls<F: Future + Unpin>(c: &mut Criterion, name: &str, mut fut: F) {
     let mut cx = Context::from_waker(Waker::noop());
-    c.bench_function(name, |b| {
+    c.bench_function(&format!("poll/{name}"), |b| {
         b.iter(|| Pin::new(&mut fut).poll(&mut cx).is_pending())
     });
+    let mut bare = Ticker::new();
+    c.bench_function(&format!("overhead/{name}"), |b| {
+        b.iter_custom(|iters| added_time(iters, &mut fut, &mut bare))
+    });
+}
+
+/// Time `fut`'s polls take beyond a bare future's, over `iters` polls of
+/// each, interleaved in short runs so that both see the same machine: on a
+/// shared machine, load shifts within seconds and would skew two separate
+/// measurements by more than the difference being measured.
+fn added_time<F: Future + Unpin>(iters: u64, fut: &mut F, bare: &mut Ticker) -> Duration {
+    const RUN: u64 = 256;
+    let mut cx = Context::from_waker(Waker::noop());
+    let (mut managed_time, mut bare_time) = (Duration::ZERO, Duration::ZERO);
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(RUN);
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(Pin::new(&mut *fut).poll(&mut cx).is_pending());
+        }
+        managed_time += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(Pin::new(&mut *bare).poll(&mut cx).is_pending());
+        }
+        bare_time += t.elapsed();
+        left -= n;
+    }
+    managed_time.saturating_sub(bare_time)
 }
 
 struct NoopHooks;
 impl PreemptionHooks for NoopHooks {}
 
 fn managed_poll(c: &mut Criterion) {
-    bench_polls(c, "poll/bare", Ticker::new());
+    c.bench_function("poll/bare", |b| {
+        let mut fut = Ticker::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        b.iter(|| Pin::new(&mut fut).poll(&mut cx).is_pending())
+    });
 
     let pulse = Pulse::new();
-    bench_polls(c, "poll/managed_monitor", Ticker::new().pulse(&pulse));
+    bench_polls(c, "managed_monitor", Ticker::new().pulse(&pulse));
 
     let hooked = Pulse::new();
     hooked.set_hooks(Arc::new(NoopHooks));
-    bench_polls(c, "poll/managed_hooks", Ticker::new().pulse(&hooked));
+    bench_polls(c, "managed_hooks", Ticker::new().pulse(&hooked));
 
     // One slow first poll makes a bad window; the task then stays at Warn
     // (never demoted, never promoted further) for the whole measurement.
+    // Its polls are short, so its CPU time is not read.
     let strict = Pulse::builder()
         .slow_poll_threshold(Duration::from_micros(50))
         .slow_polls_per_window(1)
@@ -82,14 +124,31 @@ fn managed_poll(c: &mut Criterion) {
         .max_tier(Tier::Warn)
         .build()
         .expect("valid configuration");
-    let mut suspect = Ticker {
+    bench_polls(c, "managed_suspect_short", suspect(&strict));
+
+    // With a 4 ns threshold every poll is long enough to be charged, so
+    // CPU time is read around each one: a suspect's long poll, minus the
+    // length of the poll itself.
+    let cpu_timed = Pulse::builder()
+        .slow_poll_threshold(Duration::from_nanos(4))
+        .slow_polls_per_window(1)
+        .clean_windows_to_demote(u32::MAX)
+        .max_tier(Tier::Warn)
+        .build()
+        .expect("valid configuration");
+    bench_polls(c, "managed_suspect_cpu", suspect(&cpu_timed));
+}
+
+/// A task of `pulse`, polled once slowly so it is at `Warn`.
+fn suspect(pulse: &Pulse) -> impl Future<Output = ()> + Unpin {
+    let mut task = Ticker {
         ticks: 0,
         first_poll_spin: Duration::from_micros(200),
     }
-    .pulse(&strict);
-    let _ = Pin::new(&mut suspect).poll(&mut Context::from_waker(Waker::noop()));
-    assert_eq!(strict.snapshot().count(Tier::Warn), 1, "task not at Warn");
-    bench_polls(c, "poll/managed_warn", suspect);
+    .pulse(pulse);
+    let _ = Pin::new(&mut task).poll(&mut Context::from_waker(Waker::noop()));
+    assert_eq!(pulse.snapshot().count(Tier::Warn), 1, "task not at Warn");
+    task
 }
 
 fn config() -> Criterion {
