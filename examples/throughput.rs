@@ -7,9 +7,11 @@
 //!
 //! Each workload is poll-heavy and does almost nothing per poll, so the
 //! table shows the per-poll cost of management at its most visible; real
-//! tasks that do work between `.await`s dilute it. Rounds alternate which
-//! variant runs first, and the ratio is the median of per-round ratios, so
-//! that slow drifts in machine load (other processes) cancel out.
+//! tasks that do work between `.await`s dilute it: the last column, the time
+//! management adds per unit of work, tells what it would add to yours.
+//! Rounds alternate which variant runs first, and the ratio is the median of
+//! per-round ratios, so that slow drifts in machine load (other processes)
+//! cancel out.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -203,7 +205,7 @@ impl Options {
                 .and_then(|i| args.get(i + 1).cloned())
         };
         Options {
-            rounds: value("--rounds").map_or(5, |n| n.parse().expect("--rounds takes a number")),
+            rounds: value("--rounds").map_or(7, |n| n.parse().expect("--rounds takes a number")),
             only: value("--only"),
             runtime: value("--runtime"),
             variant: value("--variant"),
@@ -269,18 +271,19 @@ pub fn main() {
         opts.rounds
     );
     println!(
-        "| runtime | workload | plain tokio::spawn | pulse.spawn | pulse vs plain |\n|---|---|---|---|---|"
+        "| runtime | workload | plain tokio::spawn | pulse.spawn | time vs plain | added per unit |\n|---|---|---|---|---|---|"
     );
     for (rt_name, rt) in &runtimes {
         for w in WORKLOADS.iter().filter(selected) {
             let r = measure(rt, w, &pulse, opts.rounds);
-            let ratios = r.pulse.iter().zip(&r.plain).map(|(p, q)| p / q).collect();
-            let slower = (1.0 / median(ratios) - 1.0) * 100.0;
+            let pairs = || r.pulse.iter().zip(&r.plain);
+            let slower = (median(pairs().map(|(p, q)| q / p).collect()) - 1.0) * 100.0;
+            let added_ns = median(pairs().map(|(p, q)| (1.0 / p - 1.0 / q) * 1e9).collect());
             println!(
-                "| {rt_name} | {} | {:.2} M{unit}/s | {:.2} M{unit}/s | {slower:+.1} % time |",
+                "| {rt_name} | {} | {:.2} M{unit}/s | {:.2} M{unit}/s | {slower:+.1} % | {added_ns:+.0} ns |",
                 w.name,
-                median(r.plain) / 1e6,
-                median(r.pulse) / 1e6,
+                median(r.plain.clone()) / 1e6,
+                median(r.pulse.clone()) / 1e6,
                 unit = w.unit,
             );
         }
