@@ -18,6 +18,14 @@ use tokio_pulse::bench_internals::{
 const POLL_NS: u64 = 2_000;
 const PERIOD_NS: u64 = 5_000;
 
+/// What the harness itself costs per iteration (the loop and `black_box`):
+/// figures within a few tenths of a nanosecond of it are at the limit of
+/// what this harness can resolve.
+fn floor(c: &mut Criterion) {
+    let x = 0u64;
+    c.bench_function("floor/black_box", |b| b.iter(|| black_box(&x)));
+}
+
 fn presence(c: &mut Criterion) {
     let mut g = c.benchmark_group("presence");
     for installed in [false, true] {
@@ -127,6 +135,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = presence, budget, tier, task_state, clocks
+    targets = floor, presence, budget, tier, task_state, clocks
 }
 criterion_main!(benches);
