@@ -3,7 +3,8 @@
 //! The future does almost nothing (a counter bump, then `Pending`), so the
 //! difference between `poll/bare` and each `poll/managed_*` case is what
 //! tokio-pulse adds to one poll; `overhead/managed_*` measures that
-//! difference directly, interleaving the two (see `added_time`). Polled by
+//! difference directly, interleaving the two in thread CPU time (see
+//! `added_time`), which a busy machine disturbs far less. Polled by
 //! hand with a no-op waker: no runtime, no scheduler, nothing else in the
 //! measurement.
 //!
@@ -72,29 +73,52 @@ fn bench_polls<F: Future + Unpin>(c: &mut Criterion, name: &str, mut fut: F) {
 }
 
 /// Time `fut`'s polls take beyond a bare future's, over `iters` polls of
-/// each, interleaved in short runs so that both see the same machine: on a
-/// shared machine, load shifts within seconds and would skew two separate
-/// measurements by more than the difference being measured.
+/// each, interleaved in runs so that both see the same machine, and
+/// measured in thread CPU time so that time the thread spends descheduled
+/// does not count: on a shared machine, load shifts within seconds and
+/// would skew two separate wall-clock measurements by more than the
+/// difference being measured. The clock reads cost the same in both arms
+/// and cancel out.
 fn added_time<F: Future + Unpin>(iters: u64, fut: &mut F, bare: &mut Ticker) -> Duration {
-    const RUN: u64 = 256;
+    const RUN: u64 = 4096;
     let mut cx = Context::from_waker(Waker::noop());
-    let (mut managed_time, mut bare_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut managed_ns, mut bare_ns) = (0, 0);
     let mut left = iters;
     while left > 0 {
         let n = left.min(RUN);
-        let t = Instant::now();
+        let t = thread_time_ns();
         for _ in 0..n {
             black_box(Pin::new(&mut *fut).poll(&mut cx).is_pending());
         }
-        managed_time += t.elapsed();
-        let t = Instant::now();
+        let u = thread_time_ns();
         for _ in 0..n {
             black_box(Pin::new(&mut *bare).poll(&mut cx).is_pending());
         }
-        bare_time += t.elapsed();
+        let v = thread_time_ns();
+        managed_ns += u - t;
+        bare_ns += v - u;
         left -= n;
     }
-    managed_time.saturating_sub(bare_time)
+    Duration::from_nanos(managed_ns.saturating_sub(bare_ns))
+}
+
+/// CPU time of the calling thread, or wall time where the platform cannot tell.
+#[cfg(unix)]
+fn thread_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(not(unix))]
+fn thread_time_ns() -> u64 {
+    use std::sync::OnceLock;
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 struct NoopHooks;
