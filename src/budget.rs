@@ -23,7 +23,8 @@ pub(crate) struct BudgetLimits {
     /// Worker time a task may take within one window, in polls of at
     /// least `charge_floor_ns`.
     pub cpu_budget_ns: u64,
-    /// Polls shorter than this are not charged to the budget.
+    /// Polls shorter than this are not charged to the budget. At most
+    /// `slow_poll_ns`, so an uncharged poll is never a strike either.
     pub charge_floor_ns: u64,
     /// Length of a window.
     pub window_ns: u64,
@@ -71,6 +72,25 @@ impl WindowBudget {
         end_ns: u64,
     ) -> WindowVerdict {
         let poll_ns = end_ns.saturating_sub(start_ns);
+        // Nearly every poll is short and lands in an open window: it is
+        // neither charged nor a strike (the floor is below the threshold),
+        // so the window is left untouched and two compares decide.
+        if poll_ns < limits.charge_floor_ns
+            && end_ns.saturating_sub(self.start_ns) < limits.window_ns
+        {
+            return WindowVerdict::Open;
+        }
+        self.charge_counted(limits, poll_ns, end_ns)
+    }
+
+    /// The rest of [`charge`](Self::charge): a poll that counts, or one that
+    /// ends the window.
+    fn charge_counted(
+        &mut self,
+        limits: &BudgetLimits,
+        poll_ns: u64,
+        end_ns: u64,
+    ) -> WindowVerdict {
         if poll_ns >= limits.charge_floor_ns {
             self.busy_ns = self.busy_ns.saturating_add(poll_ns);
         }
@@ -176,6 +196,28 @@ mod tests {
         while t < 1_000 * MS {
             assert_ne!(w.charge(&LIMITS, t, t + 20_000), WindowVerdict::Bad);
             t += 20_000;
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_short_poll_shortcut_agrees_with_full_accounting(
+            window_start in 0..200 * MS,
+            // Reachable states only: a window over budget or out of strikes
+            // has already been closed as bad.
+            busy in 0..=LIMITS.cpu_budget_ns,
+            strikes in 0..LIMITS.strikes,
+            start in 0..300 * MS,
+            len in proptest::prop_oneof![0..MS / 4 + 2, 0..3 * MS],
+        ) {
+            let w = WindowBudget { start_ns: window_start, busy_ns: busy, strikes };
+            let (mut fast, mut full) = (w, w);
+            let verdict = fast.charge(&LIMITS, start, start + len);
+            proptest::prop_assert_eq!(verdict, full.charge_counted(&LIMITS, len, start + len));
+            proptest::prop_assert_eq!(
+                (fast.start_ns, fast.busy_ns, fast.strikes),
+                (full.start_ns, full.busy_ns, full.strikes)
+            );
         }
     }
 

@@ -147,7 +147,9 @@ impl PollScope {
         let outer = CONTEXT
             .try_with(|c| {
                 let outer = c.current.replace(poll);
-                c.slot.get_or_init(register_slot).publish(&poll, outer.start_ns != 0);
+                c.slot
+                    .get_or_init(register_slot)
+                    .publish(&poll, outer.start_ns != 0);
                 outer
             })
             .unwrap_or(CurrentPoll::NONE);

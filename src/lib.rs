@@ -83,6 +83,10 @@ mod tier;
 mod timing;
 mod watchdog;
 
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals;
+
 pub use checkpoint::{Checkpoint, checkpoint};
 pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder};
 pub use hooks::{PollReport, PreemptionHooks};

@@ -260,13 +260,16 @@ impl Pulse {
     }
 
     /// Installs `hooks`, replacing any installed before. Callable from any
-    /// thread at any time; polls already running finish with the hooks they
-    /// started with, and the replaced hooks are dropped after the last of them.
+    /// thread at any time; a poll already running may make its remaining
+    /// calls to either. Each thread caches the hooks it last called and lets
+    /// go of replaced ones at its next hooked poll or when it exits, so they
+    /// are dropped some time after the change, not at once.
     pub fn set_hooks(&self, hooks: Arc<dyn PreemptionHooks>) {
         self.shared.hooks.set(hooks);
     }
 
-    /// Removes the installed hooks, if any.
+    /// Removes the installed hooks, if any. Threads that called them let go
+    /// of them as described at [`set_hooks`](Pulse::set_hooks).
     pub fn clear_hooks(&self) {
         self.shared.hooks.clear();
     }

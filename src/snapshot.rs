@@ -81,11 +81,13 @@ pub struct TaskSnapshot {
     pub total_poll_time: Duration,
     /// The longest single poll.
     pub max_poll_time: Duration,
-    /// Thread CPU time of the polls made while the task was a suspect
-    /// (tier `Warn` or above); zero for a task that has always behaved,
-    /// because reading CPU time costs ~200 ns and is not done for it.
-    /// Much less than the wall time of the same polls means the task was
-    /// blocking its worker rather than computing.
+    /// Thread CPU time of the long polls made while the task was a suspect
+    /// (tier `Warn` or above): polls following one of at least a quarter of
+    /// the slow-poll threshold. Zero for a task that has always behaved,
+    /// because reading CPU time costs ~250 ns and is not done for it, nor
+    /// for a suspect's short polls. Much less than the wall time of the
+    /// same polls means the task was blocking its worker rather than
+    /// computing.
     pub cpu_time: Duration,
     /// Times the watchdog reported one of this task's polls as stuck.
     pub stuck_reports: u64,

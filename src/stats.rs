@@ -97,14 +97,14 @@ pub struct Totals {
 }
 
 /// The shared counters behind [`Totals`].
+///
+/// Spawns and task ends happen on every worker at once, so their counters
+/// are split into stripes, one cache line pair each: a thread adds to its
+/// own stripe, and workers ending tasks together do not fight over one
+/// line (on two cores that fight cost ~0.5 µs a task). `totals` sums them.
 #[derive(Debug, Default)]
 pub(crate) struct PulseStats {
-    tasks_spawned: AtomicU64,
-    tasks_ended: AtomicU64,
-    ended_polls: AtomicU64,
-    ended_slow_polls: AtomicU64,
-    ended_busy_ns: AtomicU64,
-    ended_histogram: [AtomicU64; POLL_TIME_BUCKETS],
+    stripes: [Stripe; STRIPES],
     promotions: [AtomicU64; 4],
     demotions: [AtomicU64; 4],
     watchdog_reports: AtomicU64,
@@ -112,25 +112,54 @@ pub(crate) struct PulseStats {
     pub isolated_tasks: AtomicUsize,
 }
 
+const STRIPES: usize = 8;
+
+/// Spawn and end counters of the threads that map to one stripe. 128-byte
+/// aligned: Intel CPUs fetch lines in adjacent pairs.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe {
+    tasks_spawned: AtomicU64,
+    tasks_ended: AtomicU64,
+    ended_polls: AtomicU64,
+    ended_slow_polls: AtomicU64,
+    ended_busy_ns: AtomicU64,
+    ended_histogram: [AtomicU64; POLL_TIME_BUCKETS],
+}
+
+/// The calling thread's stripe, assigned round-robin at its first use.
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+    }
+    INDEX.try_with(|i| *i).unwrap_or(0)
+}
+
 impl PulseStats {
+    fn stripe(&self) -> &Stripe {
+        &self.stripes[stripe_index()]
+    }
+
     pub(crate) fn watchdog_report(&self) {
         self.watchdog_reports.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn task_spawned(&self) {
-        self.tasks_spawned.fetch_add(1, Relaxed);
+        self.stripe().tasks_spawned.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn task_ended(&self, c: &Counters) {
-        self.ended_polls.fetch_add(c.polls, Relaxed);
-        self.ended_slow_polls.fetch_add(c.slow_polls, Relaxed);
-        self.ended_busy_ns.fetch_add(c.busy_ns, Relaxed);
-        for (total, n) in self.ended_histogram.iter().zip(c.histogram.counts) {
+        let s = self.stripe();
+        s.ended_polls.fetch_add(c.polls, Relaxed);
+        s.ended_slow_polls.fetch_add(c.slow_polls, Relaxed);
+        s.ended_busy_ns.fetch_add(c.busy_ns, Relaxed);
+        for (total, n) in s.ended_histogram.iter().zip(c.histogram.counts) {
             if n != 0 {
                 total.fetch_add(n, Relaxed);
             }
         }
-        self.tasks_ended.fetch_add(1, Relaxed);
+        s.tasks_ended.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn tier_changed(&self, from: Tier, to: Tier) {
@@ -146,21 +175,23 @@ impl PulseStats {
     pub(crate) fn totals(&self, live: impl IntoIterator<Item = Counters>) -> Totals {
         let load = |a: &AtomicU64| a.load(Relaxed);
         let mut t = Totals {
-            tasks_spawned: load(&self.tasks_spawned),
-            tasks_ended: load(&self.tasks_ended),
-            polls: load(&self.ended_polls),
-            slow_polls: load(&self.ended_slow_polls),
-            poll_time: Duration::ZERO,
-            poll_time_histogram: PollHistogram {
-                counts: self.ended_histogram.each_ref().map(load),
-            },
             promotions: self.promotions.each_ref().map(load),
             demotions: self.demotions.each_ref().map(load),
             watchdog_reports: load(&self.watchdog_reports),
             isolated_tasks: self.isolated_tasks.load(Relaxed),
             ..Totals::default()
         };
-        let mut busy_ns = load(&self.ended_busy_ns);
+        let mut busy_ns = 0;
+        for s in &self.stripes {
+            t.tasks_spawned += load(&s.tasks_spawned);
+            t.tasks_ended += load(&s.tasks_ended);
+            t.polls += load(&s.ended_polls);
+            t.slow_polls += load(&s.ended_slow_polls);
+            busy_ns += load(&s.ended_busy_ns);
+            t.poll_time_histogram.add(&PollHistogram {
+                counts: s.ended_histogram.each_ref().map(load),
+            });
+        }
         for c in live {
             t.polls += c.polls;
             t.slow_polls += c.slow_polls;
@@ -185,5 +216,28 @@ mod tests {
             assert_eq!(bucket_of(bound), i + 1, "at bound {i}");
         }
         assert_eq!(bucket_of(u64::MAX), POLL_TIME_BUCKETS - 1);
+    }
+
+    #[test]
+    fn totals_sum_the_stripes_of_every_thread() {
+        let stats = PulseStats::default();
+        let ended = Counters {
+            polls: 3,
+            busy_ns: 10,
+            ..Counters::default()
+        };
+        let threads = 2 * STRIPES as u64;
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    stats.task_spawned();
+                    stats.task_ended(&ended);
+                });
+            }
+        });
+        let t = stats.totals([ended]);
+        assert_eq!((t.tasks_spawned, t.tasks_ended), (threads, threads));
+        assert_eq!(t.polls, (threads + 1) * 3);
+        assert_eq!(t.poll_time, nanos((threads + 1) * 10));
     }
 }

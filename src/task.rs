@@ -43,18 +43,24 @@ impl fmt::Display for TaskId {
 }
 
 /// Identity and live counters of one managed task.
+///
+/// `repr(C)` keeps the fields every poll writes (polls, busy time, the
+/// longest poll, and the histogram's first buckets, where short polls land)
+/// together at the front, right after the `Arc`'s counts, so that a poll
+/// usually dirties one cache line of the task's state rather than three.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct TaskShared {
+    polls: AtomicU64,
+    busy_ns: AtomicU64,
+    max_poll_ns: AtomicU64,
+    histogram: [AtomicU64; POLL_TIME_BUCKETS],
+    slow_polls: AtomicU64,
+    cpu_ns: AtomicU64,
     pub id: TaskId,
     pub name: Option<Cow<'static, str>>,
     pub location: &'static Location<'static>,
     tier: AtomicU8,
-    polls: AtomicU64,
-    slow_polls: AtomicU64,
-    busy_ns: AtomicU64,
-    max_poll_ns: AtomicU64,
-    cpu_ns: AtomicU64,
-    histogram: [AtomicU64; POLL_TIME_BUCKETS],
     stuck_reports: AtomicU64,
     /// A tier the watchdog wants the task moved to at its next poll (0: none).
     forced_tier: AtomicU8,

@@ -181,8 +181,8 @@ impl<F: Future> TaskCore<F> {
             let info = TaskInfo { shared: &self.task };
             self.pulse.hooks.with(|h| h.before_poll(&info));
         }
-        // Only suspects pay for a CPU-time read (see `timing`).
-        let cpu_start = if tier >= Tier::Warn {
+        // Only suspects pay for a CPU-time read (see `Escalation::measures_cpu`).
+        let cpu_start = if self.escalation.measures_cpu() {
             thread_cpu_ns()
         } else {
             None

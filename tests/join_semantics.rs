@@ -154,7 +154,11 @@ async fn checkpoint_splits_a_long_computation_into_short_polls() {
     // Slices are 0.5 ms, so ~80 polls. The OS may deschedule the thread
     // mid-poll on a busy machine, which stretches single polls: judge the
     // median, not the maximum.
-    assert!(durations.len() >= 40, "only {} polls: checkpoint did not yield", durations.len());
+    assert!(
+        durations.len() >= 40,
+        "only {} polls: checkpoint did not yield",
+        durations.len()
+    );
     let median = durations[durations.len() / 2];
     assert!(median < Duration::from_millis(1), "median poll {median:?}");
 }

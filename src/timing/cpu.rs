@@ -6,8 +6,9 @@
 //! | Windows | `GetThreadTimes` (100 ns units) | untested here |
 //! | elsewhere | none: [`thread_cpu_ns`] returns `None` | - |
 //!
-//! Because of that cost the engine reads it only around polls of suspect
-//! tasks (tier `Warn` and above), never on a well-behaved task's poll.
+//! Because of that cost the engine reads it only around long polls of
+//! suspect tasks (tier `Warn` and above), never on a well-behaved task's
+//! poll (see `Escalation::measures_cpu`).
 
 /// CPU time consumed by the calling thread, in nanoseconds, if the platform
 /// can tell.

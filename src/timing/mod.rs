@@ -13,8 +13,8 @@
 //! - **Thread CPU time** ("was the worker computing, or blocked?") costs a
 //!   real syscall-class read (~180-230 ns on Linux x86-64 here), so it is
 //!   never read on every poll: only tasks already at [`Tier::Warn`] or above
-//!   (suspects) pay for it, and only to tell a CPU hog from a blocker in what
-//!   they report. See [`cpu`].
+//!   (suspects) pay for it, only around their long polls, and only to tell a
+//!   CPU hog from a blocker in what they report. See [`cpu`].
 //!
 //! [`Tier::Warn`]: crate::Tier::Warn
 
@@ -30,25 +30,71 @@ use std::time::Duration;
 pub(crate) struct Clock {
     source: quanta::Clock,
     origin: u64,
+    /// quanta reads the TSC, so `raw` may read it inline: `quanta::Clock::raw`
+    /// is not inlinable across crates, and the call costs ~2 ns a poll.
+    inline_tsc: bool,
 }
 
 impl Clock {
     fn new() -> Self {
         let source = quanta::Clock::new();
         let origin = source.raw();
-        Clock { source, origin }
+        let inline_tsc = quanta_reads_tsc(&source);
+        Clock {
+            source,
+            origin,
+            inline_tsc,
+        }
     }
 
     /// Nanoseconds since this clock was created. Never returns 0, so 0 can
     /// mean "no stamp" in atomics that hold a stamp.
     #[inline(always)]
     pub(crate) fn now_ns(&self) -> u64 {
-        self.source.delta_as_nanos(self.origin, self.source.raw()) | 1
+        self.source.delta_as_nanos(self.origin, self.raw()) | 1
     }
+
+    /// A raw reading in quanta's units, as `quanta::Clock::raw` returns it.
+    #[inline(always)]
+    fn raw(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.inline_tsc {
+            return tsc();
+        }
+        self.source.raw()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tsc() -> u64 {
+    // SAFETY: RDTSC exists on every x86-64 CPU and has no preconditions.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// Whether `source` reads the TSC (it does where the TSC is invariant), told
+/// by bracketing a TSC reading between two of its readings: a fallback
+/// clock counts nanoseconds, which never bracket TSC ticks three times.
+#[cfg(target_arch = "x86_64")]
+fn quanta_reads_tsc(source: &quanta::Clock) -> bool {
+    (0..3).all(|_| {
+        let before = source.raw();
+        let t = tsc();
+        let after = source.raw();
+        before <= t && t <= after
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn quanta_reads_tsc(_source: &quanta::Clock) -> bool {
+    false
 }
 
 /// The process-wide clock. Calibrating the TSC takes a few milliseconds, so
 /// it happens once, when the first `Pulse` is built (or on first use).
+/// Inlined: the poll path is generic, compiled in the user's crate, and
+/// would otherwise make a call just to check that calibration is done.
+#[inline]
 pub(crate) fn clock() -> &'static Clock {
     static CLOCK: OnceLock<Clock> = OnceLock::new();
     CLOCK.get_or_init(Clock::new)
@@ -69,6 +115,18 @@ pub(crate) fn as_nanos(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn inline_tsc_reads_agree_with_quanta() {
+        let c = clock();
+        let (a, b) = (c.raw(), c.source.raw());
+        assert!(a <= b, "inline reading {a} after quanta's {b}");
+        assert!(
+            c.source.delta_as_nanos(a, b) < 50_000_000,
+            "inline and quanta readings 50 ms apart"
+        );
+    }
 
     #[test]
     fn clock_is_monotonic_and_tracks_real_time() {
