@@ -68,6 +68,8 @@ mod checkpoint;
 mod config;
 mod context;
 mod hooks;
+#[cfg(feature = "metrics")]
+mod integrations;
 mod managed;
 mod observe;
 mod pulse;
@@ -81,6 +83,8 @@ mod timing;
 pub use checkpoint::{Checkpoint, checkpoint};
 pub use config::{ConfigError, Profile, PulseBuilder};
 pub use hooks::{PollReport, PreemptionHooks};
+#[cfg(feature = "metrics")]
+pub use integrations::metrics::{MetricsPublisher, PublisherHandle};
 pub use managed::Managed;
 pub use pulse::{Pulse, PulseExt};
 pub use snapshot::{Snapshot, TaskSnapshot};

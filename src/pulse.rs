@@ -48,7 +48,7 @@ pub(crate) struct PulseShared {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Pulse {
-    shared: Arc<PulseShared>,
+    pub(crate) shared: Arc<PulseShared>,
 }
 
 impl Pulse {

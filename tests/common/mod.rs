@@ -62,3 +62,6 @@ pub async fn wait_for(
     .await
     .unwrap_or_else(|_| panic!("no matching tier change for {name} within {within:?}"))
 }
+
+pub mod http;
+pub mod prometheus;
