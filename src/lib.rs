@@ -68,7 +68,7 @@ mod checkpoint;
 mod config;
 mod context;
 mod hooks;
-#[cfg(feature = "metrics")]
+#[cfg(any(feature = "metrics", feature = "tower"))]
 mod integrations;
 mod managed;
 mod observe;
@@ -85,6 +85,8 @@ pub use config::{ConfigError, Profile, PulseBuilder};
 pub use hooks::{PollReport, PreemptionHooks};
 #[cfg(feature = "metrics")]
 pub use integrations::metrics::{MetricsPublisher, PublisherHandle};
+#[cfg(feature = "tower")]
+pub use integrations::tower::{Fixed, NameRequest, PulseLayer, PulseService};
 pub use managed::Managed;
 pub use pulse::{Pulse, PulseExt};
 pub use snapshot::{Snapshot, TaskSnapshot};

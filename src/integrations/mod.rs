@@ -3,3 +3,5 @@
 
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
+#[cfg(feature = "tower")]
+pub(crate) mod tower;
