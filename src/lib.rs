@@ -74,6 +74,8 @@ mod managed;
 mod observe;
 mod pulse;
 mod registry;
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+mod runtime_tasks;
 mod snapshot;
 mod stats;
 mod task;
@@ -93,6 +95,13 @@ pub use snapshot::{Snapshot, TaskSnapshot};
 pub use stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, PollHistogram, Totals};
 pub use task::{TaskId, TaskInfo};
 pub use tier::Tier;
+
+#[cfg(all(feature = "runtime-hooks", not(tokio_unstable)))]
+compile_error!(
+    "tokio-pulse's `runtime-hooks` feature uses Tokio's unstable task hooks: build with \
+     RUSTFLAGS=\"--cfg tokio_unstable\" (and RUSTDOCFLAGS=\"--cfg tokio_unstable\" for doctests), \
+     or in .cargo/config.toml: [build] rustflags = [\"--cfg\", \"tokio_unstable\"]"
+);
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
