@@ -26,6 +26,9 @@ pub(crate) struct PulseShared {
     pub hooks: HookSlot,
     pub warnings: RateLimiter,
     pub stats: PulseStats,
+    /// Tasks observed through Tokio's task hooks, not managed.
+    #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+    pub runtime: crate::runtime_tasks::RuntimeTasks,
 }
 
 /// Manages tasks: measures their polls, classifies them into [`Tier`]s, and
@@ -68,6 +71,8 @@ impl Pulse {
         Pulse {
             shared: Arc::new(PulseShared {
                 warnings: RateLimiter::new(config.max_warnings_per_second),
+                #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+                runtime: crate::runtime_tasks::RuntimeTasks::new(&config),
                 config,
                 registry: Registry::new(),
                 hooks: HookSlot::new(),
@@ -124,6 +129,8 @@ impl Pulse {
             snapshot.tier_counts[t.tier.index()] += 1;
             snapshot.tasks.push(t);
         });
+        #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+        self.shared.runtime.snapshot_into(&mut snapshot);
         snapshot
     }
 
