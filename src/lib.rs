@@ -75,6 +75,8 @@ mod observe;
 mod pulse;
 mod registry;
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+mod runtime_hooks;
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 mod runtime_tasks;
 mod snapshot;
 mod stats;
@@ -91,6 +93,8 @@ pub use integrations::metrics::{MetricsPublisher, PublisherHandle};
 pub use integrations::tower::{Fixed, NameRequest, PulseLayer, PulseService};
 pub use managed::Managed;
 pub use pulse::{Pulse, PulseExt};
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+pub use runtime_hooks::RuntimeHooks;
 pub use snapshot::{Snapshot, TaskSnapshot};
 pub use stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, PollHistogram, Totals};
 pub use task::{TaskId, TaskInfo};

@@ -105,6 +105,8 @@ pub struct MetricsPublisher {
     pulse: Pulse,
     period: Duration,
     managed: Option<ScopeSeries>,
+    #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+    runtime: Option<ScopeSeries>,
 }
 
 impl MetricsPublisher {
@@ -119,6 +121,8 @@ impl MetricsPublisher {
             pulse: pulse.clone(),
             period: Self::DEFAULT_PERIOD,
             managed: None,
+            #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+            runtime: None,
         }
     }
 
@@ -139,6 +143,21 @@ impl MetricsPublisher {
         let tiers = managed_tier_counts(&self.pulse);
         self.managed
             .get_or_insert_with(|| ScopeSeries::register("managed", Tier::Isolate))
+            .publish(&totals, tiers);
+        #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+        self.publish_runtime();
+    }
+
+    /// The `runtime` scope, once runtime hooks are installed.
+    #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+    fn publish_runtime(&mut self) {
+        let tasks = &self.pulse.shared.runtime;
+        if !tasks.installed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let (totals, tiers) = (tasks.totals(), tasks.tier_counts());
+        self.runtime
+            .get_or_insert_with(|| ScopeSeries::register("runtime", Tier::Warn))
             .publish(&totals, tiers);
     }
 
