@@ -175,6 +175,7 @@ impl RuntimeTasks {
     }
 
     /// Live tasks per tier, without building a snapshot.
+    #[cfg(feature = "metrics")]
     pub(crate) fn tier_counts(&self) -> [usize; 4] {
         let mut counts = [0; 4];
         self.for_each(|t| counts[t.shared.tier().index()] += 1);
