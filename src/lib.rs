@@ -62,6 +62,25 @@
 //! atomic loads and stores on the task's own state; no allocation, lock or
 //! map lookup. Thread CPU time (a ~200 ns syscall-class read) is only read
 //! around polls of tasks already at `Warn` or above.
+//!
+//! # Seeing it in a service
+//!
+//! Tier changes are `tracing` events (target `tokio_pulse::observe`; fields
+//! `task.id`, `task.name`, `task.location`, `tier`, `poll_us`, ...). With
+//! `tokio_pulse::task` at `DEBUG`, each managed task also runs inside a
+//! `pulse.task` span, so events from inside it name it:
+//!
+//! ```
+//! tracing_subscriber::fmt()
+//!     .with_env_filter("info,tokio_pulse::task=debug")
+//!     .init();
+//! ```
+//!
+//! Opt-in integrations, one cargo feature each: `metrics` (`MetricsPublisher`,
+//! counters and gauges through the `metrics` facade), `tower` (`PulseLayer`,
+//! each request a managed future named by its route) and `runtime-hooks`
+//! (`RuntimeHooks`, every task of a runtime observed through Tokio's task
+//! hooks; needs `--cfg tokio_unstable`).
 
 mod budget;
 mod checkpoint;
