@@ -73,7 +73,9 @@ pub(crate) type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 #[derive(Debug)]
 pub(crate) struct RuntimeTask {
     /// Counters, tier and location, as for a managed task (no name: Tokio
-    /// has none to give).
+    /// has none to give). Updated with `TaskShared`'s single-writer stores:
+    /// in the rare overlap described below, one poll's count can be lost,
+    /// never torn.
     pub shared: TaskShared,
     pub tokio_id: tokio::task::Id,
     /// The [`RuntimeTasks`] this task belongs to.

@@ -3,59 +3,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
-use common::http;
-use common::prometheus::Scrape;
+use common::prometheus::{Scrape, scrape, scrape_until, serve_metrics};
 use common::{TierEvents, spin, wait_for};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_pulse::{MetricsPublisher, Pulse, Tier};
 
 const MANAGED: (&str, &str) = ("scope", "managed");
-
-/// Serves the exporter's rendering at `/metrics` on an ephemeral loopback port.
-async fn serve_metrics() -> SocketAddr {
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the only recorder in this test binary");
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-async fn scrape(addr: SocketAddr) -> Scrape {
-    let response = http::get(addr, "/metrics").await;
-    assert_eq!(response.status, 200);
-    Scrape::parse(&response.body)
-}
-
-/// Scrapes until `ready` holds: the publisher runs on its own period.
-async fn scrape_until(addr: SocketAddr, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = scrape(addr).await;
-        if ready(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never saw {what} in:\n{}",
-            s.text
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_series_show_a_hog_and_keep_moving() {

@@ -1,6 +1,15 @@
-//! Reads the Prometheus text exposition format, as a scraper would.
+//! Serves the Prometheus exporter's rendering over HTTP and reads it back
+//! in the text exposition format, as a scraper would.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use super::http;
 
 /// One sample: a series and its value.
 #[derive(Clone, Debug)]
@@ -73,5 +82,46 @@ impl Scrape {
                         .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .collect()
+    }
+}
+
+/// Serves the exporter's rendering at `/metrics` on an ephemeral loopback port.
+pub async fn serve_metrics() -> SocketAddr {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder in this test binary");
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+pub async fn scrape(addr: SocketAddr) -> Scrape {
+    let response = http::get(addr, "/metrics").await;
+    assert_eq!(response.status, 200);
+    Scrape::parse(&response.body)
+}
+
+/// Scrapes until `ready` holds: the publisher runs on its own period.
+pub async fn scrape_until(addr: SocketAddr, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = scrape(addr).await;
+        if ready(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {what} in:\n{}",
+            s.text
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
