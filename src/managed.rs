@@ -40,7 +40,8 @@ pub struct Managed<F: Future> {
     /// was created (`tokio_pulse::task` at `DEBUG`): a disabled `Span` is
     /// still 40 bytes, and moving it in and out of the wrapper cost ~6 ns a
     /// poll, where checking an `Option<Box<_>>` costs nothing measurable
-    /// (33.2 against 33.5 ns per managed poll, best of 30 runs).
+    /// (33.2 ns per managed poll with this field, 33.5 without; best of 30
+    /// runs of 2M polls).
     span: Option<Box<tracing::Span>>,
 }
 
