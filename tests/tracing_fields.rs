@@ -36,7 +36,13 @@ impl<'a> MakeWriter<'a> for Captured {
 
 /// Runs a managed task that logs once and then hogs its worker, under a
 /// `fmt` subscriber with `filter`; returns what the subscriber printed.
+///
+/// One at a time: `tracing` caches whether a callsite is enabled across
+/// all live subscribers, so tests with different filters running in
+/// parallel could see each other's verdicts.
 fn run_logged_hog(filter: &str) -> String {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(out.clone())
