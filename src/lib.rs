@@ -62,17 +62,42 @@
 //! atomic loads and stores on the task's own state; no allocation, lock or
 //! map lookup. Thread CPU time (a ~200 ns syscall-class read) is only read
 //! around polls of tasks already at `Warn` or above.
+//!
+//! # Seeing it in a service
+//!
+//! Tier changes are `tracing` events (target `tokio_pulse::observe`; fields
+//! `task.id`, `task.name`, `task.location`, `tier`, `poll_us`, ...). With
+//! `tokio_pulse::task` at `DEBUG`, each managed task also runs inside a
+//! `pulse.task` span, so events from inside it name it:
+//!
+//! ```
+//! tracing_subscriber::fmt()
+//!     .with_env_filter("info,tokio_pulse::task=debug")
+//!     .init();
+//! ```
+//!
+//! Opt-in integrations, one cargo feature each: `metrics` (`MetricsPublisher`,
+//! counters and gauges through the `metrics` facade), `tower` (`PulseLayer`,
+//! each request a managed future named by its route) and `runtime-hooks`
+//! (`RuntimeHooks`, every task of a runtime observed through Tokio's task
+//! hooks; needs `--cfg tokio_unstable`).
 
 mod budget;
 mod checkpoint;
 mod config;
 mod context;
 mod hooks;
+#[cfg(any(feature = "metrics", feature = "tower"))]
+mod integrations;
 mod isolation;
 mod managed;
 mod observe;
 mod pulse;
 mod registry;
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+mod runtime_hooks;
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+mod runtime_tasks;
 mod slow_lane;
 mod snapshot;
 mod stats;
@@ -90,13 +115,26 @@ pub mod bench_internals;
 pub use checkpoint::{Checkpoint, checkpoint};
 pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder};
 pub use hooks::{PollReport, PreemptionHooks};
+#[cfg(feature = "metrics")]
+pub use integrations::metrics::{MetricsPublisher, PublisherHandle};
+#[cfg(feature = "tower")]
+pub use integrations::tower::{Fixed, NameRequest, PulseLayer, PulseService};
 pub use isolation::IsolationPriority;
 pub use managed::Managed;
 pub use pulse::{Pulse, PulseExt};
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+pub use runtime_hooks::RuntimeHooks;
 pub use snapshot::{Snapshot, StuckPoll, TaskSnapshot};
 pub use stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, PollHistogram, Totals};
 pub use task::{TaskId, TaskInfo};
 pub use tier::Tier;
+
+#[cfg(all(feature = "runtime-hooks", not(tokio_unstable)))]
+compile_error!(
+    "tokio-pulse's `runtime-hooks` feature uses Tokio's unstable task hooks: build with \
+     RUSTFLAGS=\"--cfg tokio_unstable\" (and RUSTDOCFLAGS=\"--cfg tokio_unstable\" for doctests), \
+     or in .cargo/config.toml: [build] rustflags = [\"--cfg\", \"tokio_unstable\"]"
+);
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

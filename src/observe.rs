@@ -1,9 +1,14 @@
 //! Structured `tracing` events for tier changes.
 //!
 //! One event per tier change, never per poll. Promotions are warnings
-//! (target `tokio_pulse::observe`); demotions are `info`. A process-wide rate limit
-//! caps warnings per second, so a storm of hogs cannot flood the logs; what
-//! the limiter drops is still counted in every task's snapshot.
+//! (target `tokio_pulse::observe`); demotions are `info`. A process-wide
+//! rate limit caps warnings per second, so a storm of hogs cannot flood the
+//! logs; what the limiter drops is still counted in every task's snapshot.
+//!
+//! Fields: `task.id`, `task.name`, `task.tokio_id` (runtime-wide tasks
+//! only), `task.location`, `tier`, `from`, and for promotions `poll_us`
+//! (the poll that tipped the window), `cpu_us` and `blocking` (suspects
+//! only, see `timing`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -62,9 +67,35 @@ pub(crate) fn tier_changed(
     limiter: &RateLimiter,
     now_ns: u64,
 ) {
+    emit(shared, None, change, cause, limiter, now_ns);
+}
+
+/// A tier change of a task observed through the runtime hooks: the same
+/// event, with the task's Tokio id.
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+pub(crate) fn runtime_tier_changed(
+    shared: &TaskShared,
+    tokio_id: tokio::task::Id,
+    change: TierChange,
+    cause: ChangeCause,
+    limiter: &RateLimiter,
+    now_ns: u64,
+) {
+    emit(shared, Some(tokio_id), change, cause, limiter, now_ns);
+}
+
+fn emit(
+    shared: &TaskShared,
+    tokio_id: Option<tokio::task::Id>,
+    change: TierChange,
+    cause: ChangeCause,
+    limiter: &RateLimiter,
+    now_ns: u64,
+) {
     let name = shared.name.as_deref().unwrap_or("");
     let location = shared.location;
     let id = shared.id.0;
+    let tokio_id = tokio_id.map(tracing::field::display);
     let to = change.to;
     let poll_us = cause.poll_ns / 1_000;
     if change.to > change.from {
@@ -79,6 +110,7 @@ pub(crate) fn tier_changed(
         tracing::warn!(
             task.id = id,
             task.name = name,
+            task.tokio_id = tokio_id,
             task.location = %location,
             tier = change.to.as_str(),
             from = change.from.as_str(),
@@ -91,6 +123,7 @@ pub(crate) fn tier_changed(
         tracing::info!(
             task.id = id,
             task.name = name,
+            task.tokio_id = tokio_id,
             task.location = %location,
             tier = change.to.as_str(),
             from = change.from.as_str(),

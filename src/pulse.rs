@@ -41,6 +41,9 @@ pub(crate) struct PulseShared {
     /// Started when the first task is isolated; `None` inside if it could
     /// not start, and isolation is then off.
     pool: OnceLock<Option<IsolationPool>>,
+    /// Tasks observed through Tokio's task hooks, not managed.
+    #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+    pub runtime: crate::runtime_tasks::RuntimeTasks,
 }
 
 impl PulseShared {
@@ -80,7 +83,7 @@ impl PulseShared {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Pulse {
-    shared: Arc<PulseShared>,
+    pub(crate) shared: Arc<PulseShared>,
 }
 
 impl Pulse {
@@ -103,6 +106,8 @@ impl Pulse {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             warnings: RateLimiter::new(config.max_warnings_per_second),
             lane: SlowLane::new(config.interventions.slow_lane_slots, quantum_ns),
+            #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+            runtime: crate::runtime_tasks::RuntimeTasks::new(&config),
             registry: Registry::new(),
             hooks: HookSlot::new(),
             stats: PulseStats::default(),
@@ -186,6 +191,8 @@ impl Pulse {
                 });
             }
         }
+        #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+        self.shared.runtime.snapshot_into(&mut snapshot);
         snapshot
     }
 

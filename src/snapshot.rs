@@ -20,6 +20,13 @@ pub struct Snapshot {
     pub tasks: Vec<TaskSnapshot>,
     /// Live tasks per tier, indexed by [`Tier::index`].
     pub tier_counts: [usize; 4],
+    /// Every live task of the runtimes observed through runtime hooks
+    /// (feature `runtime-hooks`), as Tokio sees them: libraries' tasks
+    /// included, each with its [`tokio_id`](TaskSnapshot::tokio_id). Empty
+    /// without those hooks. A task spawned with [`Pulse::spawn`](crate::Pulse::spawn)
+    /// on such a runtime is in both lists; here it is charged only the
+    /// time spent outside its managed future.
+    pub runtime_tasks: Vec<TaskSnapshot>,
     /// Polls running now for longer than the watchdog threshold.
     pub stuck: Vec<StuckPoll>,
 }
@@ -54,11 +61,30 @@ impl Snapshot {
 
     /// The `n` tasks that have held workers longest in total, worst first.
     pub fn worst(&self, n: usize) -> Vec<&TaskSnapshot> {
-        let mut tasks: Vec<&TaskSnapshot> = self.tasks.iter().collect();
-        tasks.sort_by_key(|t| std::cmp::Reverse(t.total_poll_time));
-        tasks.truncate(n);
-        tasks
+        worst(&self.tasks, n)
     }
+
+    /// Live runtime-wide tasks in `tier` (see [`runtime_tasks`](Snapshot::runtime_tasks)).
+    pub fn runtime_count(&self, tier: Tier) -> usize {
+        self.runtime_tasks.iter().filter(|t| t.tier == tier).count()
+    }
+
+    /// The runtime-wide task with this Tokio id, if it is still alive.
+    pub fn runtime_task(&self, id: tokio::task::Id) -> Option<&TaskSnapshot> {
+        self.runtime_tasks.iter().find(|t| t.tokio_id == Some(id))
+    }
+
+    /// Like [`worst`](Snapshot::worst), among the runtime-wide tasks.
+    pub fn worst_runtime(&self, n: usize) -> Vec<&TaskSnapshot> {
+        worst(&self.runtime_tasks, n)
+    }
+}
+
+fn worst(tasks: &[TaskSnapshot], n: usize) -> Vec<&TaskSnapshot> {
+    let mut tasks: Vec<&TaskSnapshot> = tasks.iter().collect();
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.total_poll_time));
+    tasks.truncate(n);
+    tasks
 }
 
 /// One managed task as seen by a [`Snapshot`].
@@ -69,6 +95,9 @@ pub struct TaskSnapshot {
     pub id: TaskId,
     /// The name given at spawn, if any.
     pub name: Option<Cow<'static, str>>,
+    /// Tokio's id for the task: set for runtime-wide tasks, `None` for
+    /// managed ones.
+    pub tokio_id: Option<tokio::task::Id>,
     /// Where the task was spawned (or wrapped with `PulseExt::pulse`).
     pub location: &'static Location<'static>,
     /// Current tier.
@@ -88,6 +117,7 @@ pub struct TaskSnapshot {
     /// for a suspect's short polls. Much less than the wall time of the
     /// same polls means the task was blocking its worker rather than
     /// computing.
+    /// Not measured for runtime-wide tasks.
     pub cpu_time: Duration,
     /// Times the watchdog reported one of this task's polls as stuck.
     pub stuck_reports: u64,
@@ -99,6 +129,7 @@ impl TaskSnapshot {
         TaskSnapshot {
             id: task.id,
             name: task.name.clone(),
+            tokio_id: None,
             location: task.location,
             tier: task.tier(),
             polls: c.polls,

@@ -209,6 +209,10 @@ impl<F: Future> TaskCore<F> {
     #[inline]
     fn account(&mut self, start: u64, end: u64, cpu_ns: Option<u64>, ready: bool, hooks: bool) {
         let poll_ns = end.saturating_sub(start);
+        // This poll is reported here; an observing runtime hook must not
+        // charge it to the task that polled this future too.
+        #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+        crate::runtime_hooks::managed_poll_done(poll_ns);
         let slow = poll_ns > self.policy.limits.slow_poll_ns;
         self.task.record_poll(poll_ns, slow);
         if let Some(cpu) = cpu_ns {

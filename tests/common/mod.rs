@@ -63,6 +63,9 @@ pub async fn wait_for(
     .unwrap_or_else(|_| panic!("no matching tier change for {name} within {within:?}"))
 }
 
+pub mod http;
+pub mod prometheus;
+
 /// Sleeps to 1 ms deadlines for `run`, returning how late each wake-up was,
 /// ignoring the first `settle` (while hogs are being classified).
 pub async fn probe_lateness(run: Duration, settle: Duration) -> Vec<Duration> {
