@@ -236,7 +236,13 @@ fn a_reformed_task_is_demoted_back_to_monitor() {
 
 #[test]
 fn time_in_a_managed_future_is_charged_to_it_not_to_its_runtime_task() {
-    let pulse = pulse();
+    // Kept on the runtime (no slow lane, no isolation pool), so that every
+    // managed poll happens inside a poll of its runtime task.
+    let pulse = Pulse::builder()
+        .slow_poll_threshold(Duration::from_millis(1))
+        .max_tier(Tier::Warn)
+        .build()
+        .unwrap();
     let rt = hooked(&pulse, Builder::new_multi_thread());
     let handle = {
         let _in_runtime = rt.enter();
