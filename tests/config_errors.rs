@@ -95,6 +95,28 @@ fn a_slow_poll_threshold_not_shorter_than_the_window_is_rejected() {
 }
 
 #[test]
+fn a_window_too_short_for_the_profiles_budget_is_blamed_on_the_window_not_the_budget() {
+    // The budget is unset: it is derived from the window (a tenth of it for
+    // Aggressive), which rounds to less than a nanosecond here.
+    let (err, msg) = rejected(
+        Pulse::builder()
+            .profile(Profile::Aggressive)
+            .budget_window(Duration::from_nanos(3)),
+    );
+    assert!(
+        matches!(
+            err,
+            ConfigError::Inconsistent {
+                field: "slow_poll_threshold",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("the window (3ns)"), "{msg}");
+}
+
+#[test]
 fn a_window_over_a_minute_is_rejected() {
     let (err, msg) = rejected(
         Pulse::builder()
