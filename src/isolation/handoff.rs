@@ -129,8 +129,8 @@ pub(super) fn drop_quietly<T>(value: T) {
             panic = panic_message(&*payload),
             "tokio-pulse: the destructor of an isolated task's future panicked; the panic is ignored"
         );
-        // Dropping the payload could panic too; it is only a message.
-        std::mem::forget(payload);
+        // A payload's own destructor could panic too: caught the same way.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
     }
 }
 
