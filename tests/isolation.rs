@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TierEvents, spin, wait_for};
-use tokio_pulse::{Pulse, Tier};
+use tokio_pulse::{IsolationPriority, Pulse, Tier};
 
 const POOL_PREFIX: &str = "pulse-isolate-";
 
@@ -186,7 +186,13 @@ async fn futures_that_panic_when_dropped_on_the_pool_do_not_take_its_threads_dow
     // One pool thread, and twice as many panicking destructors as threads:
     // if a panic escaped the pool's thread, the later hogs would never be
     // polled again and their JoinHandles would hang.
-    let pulse = Pulse::builder().isolation_threads(1).build().unwrap();
+    // Normal priority: a SCHED_IDLE thread gets little CPU on a busy
+    // machine, and priority is not what this test is about.
+    let pulse = Pulse::builder()
+        .isolation_threads(1)
+        .isolation_priority(IsolationPriority::Inherit)
+        .build()
+        .unwrap();
     let (hooks, mut changes) = TierEvents::new();
     pulse.set_hooks(hooks);
     for round in 0..2 {
