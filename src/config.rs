@@ -425,9 +425,14 @@ impl PulseBuilder {
         let d = self.profile.defaults();
         let config = Config {
             slow_poll_threshold: o.slow_poll_threshold.unwrap_or(d.slow_poll_threshold),
-            // An unset budget keeps the profile's share of whatever window is set.
+            // An unset budget keeps the profile's share of whatever window
+            // is set, never rounded down to zero: a window too short to
+            // hold it is then reported as the window's problem, not as a
+            // zero budget the user never set.
             cpu_budget: o.cpu_budget.unwrap_or_else(|| match o.budget_window {
-                Some(w) => w.mul_f64(d.cpu_budget.as_secs_f64() / d.budget_window.as_secs_f64()),
+                Some(w) => w
+                    .mul_f64(d.cpu_budget.as_secs_f64() / d.budget_window.as_secs_f64())
+                    .max(Duration::from_nanos(1)),
                 None => d.cpu_budget,
             }),
             budget_window: o.budget_window.unwrap_or(d.budget_window),

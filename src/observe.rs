@@ -50,6 +50,11 @@ impl RateLimiter {
     pub(crate) fn set_max(&self, max: u32) {
         self.max.store(max, Relaxed);
     }
+
+    #[cfg(test)]
+    pub(crate) fn max(&self) -> u32 {
+        self.max.load(Relaxed)
+    }
 }
 
 /// What the engine knew about the poll that caused a tier change.

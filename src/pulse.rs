@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::task::JoinHandle;
 
@@ -38,6 +38,10 @@ pub(crate) struct PulseShared {
     pub warnings: RateLimiter,
     pub stats: PulseStats,
     pub lane: SlowLane,
+    /// Held through `reconfigure`, so that concurrent calls apply one whole
+    /// configuration after the other: the slow lane's and the warning
+    /// limiter's settings are stored apart from the configuration itself.
+    reconfiguring: Mutex<()>,
     /// Started when the first task is isolated; `None` inside if it could
     /// not start, and isolation is then off.
     pool: OnceLock<Option<IsolationPool>>,
@@ -112,6 +116,7 @@ impl Pulse {
             hooks: HookSlot::new(),
             stats: PulseStats::default(),
             pool: OnceLock::new(),
+            reconfiguring: Mutex::new(()),
             generation: AtomicU64::new(0),
             config: ArcSwap::from_pointee(config),
         });
@@ -236,6 +241,11 @@ impl Pulse {
     /// made while running.
     pub fn reconfigure(&self, builder: PulseBuilder) -> Result<(), ConfigError> {
         let new = builder.config()?;
+        let _one_at_a_time = self
+            .shared
+            .reconfiguring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let old = self.shared.config.load();
         let (o, n) = (&old.interventions, &new.interventions);
         if o.isolation_threads != n.isolation_threads {
@@ -332,3 +342,83 @@ pub trait PulseExt: Future + Sized {
 }
 
 impl<F: Future> PulseExt for F {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    /// Rounds of two racing `reconfigure` calls.
+    const ROUNDS: usize = 10_000;
+
+    /// What the slow lane and the warning limiter were told, as a config
+    /// would set them.
+    fn pulse_wide_settings(shared: &PulseShared) -> (usize, i64, u32) {
+        (
+            shared.lane.slots(),
+            shared.lane.quantum_ns(),
+            shared.warnings.max(),
+        )
+    }
+
+    fn expected_settings(config: &Config) -> (usize, i64, u32) {
+        (
+            config.interventions.slow_lane_slots,
+            lane_quantum_ns(config),
+            config.max_warnings_per_second,
+        )
+    }
+
+    #[test]
+    fn concurrent_reconfigures_leave_the_pulse_wide_settings_of_the_config_in_force() {
+        let a = || {
+            Pulse::builder()
+                .without_watchdog()
+                .slow_lane_slots(1)
+                .slow_poll_threshold(Duration::from_millis(1))
+                .max_warnings_per_second(10)
+        };
+        let b = || {
+            Pulse::builder()
+                .without_watchdog()
+                .slow_lane_slots(3)
+                .slow_poll_threshold(Duration::from_millis(7))
+                .max_warnings_per_second(70)
+        };
+        let pulse = a().build().unwrap();
+        let start = Barrier::new(3);
+        let done = Barrier::new(3);
+        let mut mismatches = Vec::new();
+        std::thread::scope(|s| {
+            for builder in [a, b] {
+                let (pulse, start, done) = (&pulse, &start, &done);
+                s.spawn(move || {
+                    for _ in 0..ROUNDS {
+                        start.wait();
+                        pulse.reconfigure(builder()).unwrap();
+                        done.wait();
+                    }
+                });
+            }
+            for round in 0..ROUNDS {
+                start.wait();
+                done.wait();
+                let shared = &pulse.shared;
+                let (got, want) = (
+                    pulse_wide_settings(shared),
+                    expected_settings(&shared.config.load()),
+                );
+                if got != want {
+                    mismatches.push((round, got, want));
+                }
+            }
+        });
+        assert!(
+            mismatches.is_empty(),
+            "{} of {ROUNDS} rounds left the lane and limiter (got) out of step with the config in force (want): {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(5)]
+        );
+    }
+}

@@ -67,6 +67,11 @@ impl SlowLane {
         self.offer_next();
     }
 
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.load(SeqCst)
+    }
+
     pub(crate) fn quantum_ns(&self) -> i64 {
         self.quantum_ns.load(Relaxed)
     }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TierEvents, spin, wait_for};
-use tokio_pulse::{Pulse, Tier};
+use tokio_pulse::{IsolationPriority, Pulse, Tier};
 
 const POOL_PREFIX: &str = "pulse-isolate-";
 
@@ -168,4 +168,67 @@ async fn futures_that_are_not_send_stay_in_the_slow_lane() {
     while let Ok(c) = changes.try_recv() {
         assert!(c.to <= Tier::Yield, "{c:?}");
     }
+}
+
+/// Panics when dropped, unless the thread is already unwinding.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("destructor of an isolated future panicked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn futures_that_panic_when_dropped_on_the_pool_do_not_take_its_threads_down() {
+    // One pool thread, and twice as many panicking destructors as threads:
+    // if a panic escaped the pool's thread, the later hogs would never be
+    // polled again and their JoinHandles would hang.
+    // Normal priority: a SCHED_IDLE thread gets little CPU on a busy
+    // machine, and priority is not what this test is about.
+    let pulse = Pulse::builder()
+        .isolation_threads(1)
+        .isolation_priority(IsolationPriority::Inherit)
+        .build()
+        .unwrap();
+    let (hooks, mut changes) = TierEvents::new();
+    pulse.set_hooks(hooks);
+    for round in 0..2 {
+        let name = format!("bomb-{round}");
+        let bomb = pulse.spawn_named(name.clone(), async {
+            let _bomb = PanicsOnDrop;
+            loop {
+                spin(Duration::from_millis(2));
+                tokio::task::yield_now().await;
+            }
+        });
+        wait_for(&mut changes, Duration::from_secs(5), &name, |c| {
+            c.to == Tier::Isolate
+        })
+        .await;
+        // Promoted at the end of a poll; the future moves at the next one.
+        wait_until_isolated_tasks(&pulse, |n| n == 1).await;
+        bomb.abort();
+        assert!(bomb.await.unwrap_err().is_cancelled());
+        // The pool drops the cancelled future at the job's next turn.
+        wait_until_isolated_tasks(&pulse, |n| n == 0).await;
+    }
+    let ran_on = tokio::time::timeout(Duration::from_secs(10), pulse.spawn(hog_until_isolated()))
+        .await
+        .expect("the pool no longer runs isolated tasks")
+        .unwrap();
+    assert!(ran_on.starts_with(POOL_PREFIX), "{ran_on}");
+}
+
+/// Waits (up to 5 s) until the number of tasks on the pool satisfies `pred`.
+async fn wait_until_isolated_tasks(pulse: &Pulse, pred: impl Fn(usize) -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !pred(pulse.totals().isolated_tasks) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("isolated tasks: {}", pulse.totals().isolated_tasks));
 }

@@ -42,7 +42,9 @@ async fn totals_include_ended_tasks_and_tier_changes() {
     assert!(t.slow_polls >= 4, "{t:?}");
     assert_eq!(t.promotions[Tier::Warn.index()], 1);
     assert_eq!(t.promotions[Tier::Yield.index()], 1);
-    // 2 ms polls land in the [1 ms, 4 ms) bucket.
-    assert!(t.poll_time_histogram.counts[5] >= 4, "{t:?}");
+    // 2 ms polls land in the [1 ms, 4 ms) bucket, or a later one if the
+    // OS descheduled the thread mid-poll.
+    let at_least_1ms: u64 = t.poll_time_histogram.counts[5..].iter().sum();
+    assert!(at_least_1ms >= 4, "{t:?}");
     hog.abort();
 }

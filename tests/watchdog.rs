@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio_pulse::{Pulse, Tier};
+use tokio_pulse::{Pulse, PulseExt, Tier};
 
 #[test]
 fn a_300ms_blocking_poll_is_reported_while_still_running_and_the_task_is_then_isolated() {
@@ -70,4 +70,89 @@ fn a_300ms_blocking_poll_is_reported_while_still_running_and_the_task_is_then_is
     let t = pulse.totals();
     assert_eq!(t.watchdog_reports, 1, "reported more than once: {t:?}");
     assert_eq!(t.promotions[Tier::Isolate.index()], 1);
+}
+
+/// Everything `tracing` emits in this process, as text.
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+        // The watchdog reports from its own thread: the subscriber must be
+        // the global one.
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || LogWriter(logs))
+            .try_init()
+            .expect("no other subscriber in this test binary");
+        logs
+    })
+}
+
+struct LogWriter(&'static Mutex<Vec<u8>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The watchdog never captures a backtrace (Rust cannot soundly walk
+/// another thread's stack): its report must identify the stuck poll
+/// without one, also when the thread it runs on has no name to give.
+#[test]
+fn a_stuck_poll_on_an_unnamed_thread_is_reported_with_its_task_and_spawn_site() {
+    let logs = captured_logs();
+    let pulse = Pulse::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let blocking = async move {
+        started_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let spawn_line = line!() + 1;
+    let blocker = blocking.pulse_named(&pulse, "unnamed-blocker");
+    let blocked_thread = std::thread::Builder::new() // no name
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(blocker);
+        })
+        .unwrap();
+    started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stuck = loop {
+        let snapshot = pulse.snapshot();
+        if let Some(stuck) = snapshot.stuck.first() {
+            if pulse.totals().watchdog_reports > 0 {
+                break stuck.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no watchdog report");
+        std::thread::yield_now();
+    };
+    assert_eq!(stuck.thread, None, "{stuck:?}");
+    blocked_thread.join().unwrap();
+
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let report = logs
+        .lines()
+        .find(|l| l.contains("watchdog") && l.contains("unnamed-blocker"))
+        .unwrap_or_else(|| panic!("no report in the logs:\n{logs}"));
+    for expected in [
+        "ERROR",
+        "without yielding",
+        "task.name=\"unnamed-blocker\"",
+        &format!("task.location={}:{spawn_line}:", file!()),
+        "thread=\"<unnamed>\"",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected:?} missing from {report}"
+        );
+    }
 }

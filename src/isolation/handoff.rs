@@ -103,16 +103,44 @@ impl<F: Future> Job<F> {
     /// Ends the job's time on the pool; the gauge drops before the wrapper
     /// can see the outcome.
     fn leave(&mut self, outcome: Option<Outcome<F>>) -> bool {
-        self.core = None;
-        self.pulse
-            .stats
-            .isolated_tasks
-            .fetch_sub(1, Ordering::SeqCst);
+        if let Some(core) = self.core.take() {
+            self.pulse
+                .stats
+                .isolated_tasks
+                .fetch_sub(1, Ordering::SeqCst);
+            drop_quietly(core);
+        }
         if let Some(outcome) = outcome {
             self.handoff.finish(outcome);
         }
         true
     }
+}
+
+/// Drops a finished or cancelled future (or a finished job) on a pool
+/// thread, catching a panic from its destructor. Tokio ignores such a panic
+/// for a completed future; for a cancelled one it would tell the
+/// `JoinHandle`, which here is already gone. Either way the panic must not
+/// unwind out of a pool thread: that would end the thread and strand every
+/// job queued behind it.
+pub(super) fn drop_quietly<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
+        tracing::error!(
+            panic = panic_message(&*payload),
+            "tokio-pulse: the destructor of an isolated task's future panicked; the panic is ignored"
+        );
+        // A payload's own destructor could panic too: caught the same way.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    }
+}
+
+/// The message of a panic payload, if it is a string.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string payload>")
 }
 
 impl<F: Future> Drop for Job<F> {
@@ -134,22 +162,28 @@ where
 {
     fn run(&mut self, cx: &mut Context<'_>) -> bool {
         if self.handoff.cancelled.load(Ordering::SeqCst) {
-            return self.core.is_none() || self.leave(None);
+            return self.leave(None);
         }
         let Some(core) = self.core.as_mut() else {
             return true;
         };
-        if core.tier() < Tier::Isolate {
-            return self.send_home();
-        }
-        // Tokio catches a task's panic at the same boundary; the payload
-        // travels to the wrapper, which re-raises it on the runtime.
-        match catch_unwind(AssertUnwindSafe(|| core.poll_isolated(cx))) {
+        // Tokio catches a task's panic at the same boundary: the future's
+        // poll and the hooks called around it. The payload travels to the
+        // wrapper, which re-raises it on the runtime.
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            if core.tier() < Tier::Isolate {
+                return None;
+            }
+            let out = core.poll_isolated(cx);
+            Some((out, core.tier()))
+        }));
+        match polled {
+            Ok(None) => self.send_home(),
             // Demoted by this very poll: go home now rather than at the
             // next wake-up.
-            Ok(Poll::Pending) if core.tier() < Tier::Isolate => self.send_home(),
-            Ok(Poll::Pending) => false,
-            Ok(Poll::Ready(out)) => self.leave(Some(Outcome::Output(out))),
+            Ok(Some((Poll::Pending, tier))) if tier < Tier::Isolate => self.send_home(),
+            Ok(Some((Poll::Pending, _))) => false,
+            Ok(Some((Poll::Ready(out), _))) => self.leave(Some(Outcome::Output(out))),
             Err(payload) => self.leave(Some(Outcome::Panicked(payload))),
         }
     }
@@ -159,9 +193,13 @@ impl<F: Future> Job<F> {
     /// Demoted: the wrapper polls the future again as soon as it gets it
     /// back, which re-registers the future's wakers with the runtime.
     fn send_home(&mut self) -> bool {
-        match self.core.take() {
-            Some(core) => self.leave(Some(Outcome::Returned(core))),
-            None => true,
+        if let Some(core) = self.core.take() {
+            self.pulse
+                .stats
+                .isolated_tasks
+                .fetch_sub(1, Ordering::SeqCst);
+            self.handoff.finish(Outcome::Returned(core));
         }
+        true
     }
 }

@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Wake, Waker};
 
-use super::handoff::PoolJob;
+use super::handoff::{PoolJob, drop_quietly};
 use super::priority::{self, IsolationPriority};
 
 /// Prefix of the pool threads' names; each ends in its index.
@@ -126,10 +127,14 @@ fn run(pool: &PoolShared, priority: IsolationPriority) {
         let mut job = task.job.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(j) = job.as_mut() {
             let _runtime = task.runtime.as_ref().map(tokio::runtime::Handle::enter);
-            if j.run(&mut cx) {
+            // `run` catches the panics of the future and the hooks; this
+            // is the last line of defence for the thread, should anything
+            // else in a job panic: the job is then dropped.
+            let finished = catch_unwind(AssertUnwindSafe(|| j.run(&mut cx))).unwrap_or(true);
+            if finished {
                 // Dropped here, with the runtime still entered: a future's
                 // destructor may deregister timers or I/O.
-                *job = None;
+                drop_quietly(job.take());
             }
         }
     }

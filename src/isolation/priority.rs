@@ -76,6 +76,26 @@ pub(crate) fn current_is_idle() -> bool {
 mod tests {
     use super::*;
 
+    /// The calling thread's nice value, from /proc (field 19 of `stat`).
+    fn current_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The command name (field 2) is in parentheses and may hold spaces.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn nice_priority_applies_to_the_calling_thread_only() {
+        let outer = current_nice();
+        std::thread::spawn(|| {
+            apply(IsolationPriority::Nice(19)).unwrap();
+            assert_eq!(current_nice(), 19);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(current_nice(), outer);
+    }
+
     #[test]
     fn idle_priority_applies_to_the_calling_thread_only() {
         std::thread::spawn(|| {

@@ -76,7 +76,9 @@ mod tests {
         let b = thread_cpu_ns().expect("cpu clock");
         std::thread::sleep(std::time::Duration::from_millis(30));
         let c = thread_cpu_ns().expect("cpu clock");
-        assert!(b - a >= 10_000_000, "spin advanced only {} ns", b - a);
+        // The OS may deschedule the spinning thread on a busy machine, so
+        // only the comparison is certain, not an amount.
+        assert!(b > a, "CPU time did not advance while spinning");
         assert!(c - b < b - a, "sleep used more CPU than spinning");
     }
 }
