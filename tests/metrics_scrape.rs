@@ -67,6 +67,25 @@ async fn scraped_series_show_a_hog_and_keep_moving() {
         "series are described"
     );
 
+    // The interventions' series: the hog moves on to the isolation pool.
+    assert_eq!(
+        value(&first, "tokio_pulse_watchdog_reports_total", &[MANAGED]),
+        0.0
+    );
+    assert!(
+        first
+            .get("tokio_pulse_slow_lane_queue_depth", &[MANAGED])
+            .is_some()
+    );
+    wait_for(&mut changes, Duration::from_secs(5), "hog", |c| {
+        c.to == Tier::Isolate
+    })
+    .await;
+    scrape_until(addr, "the hog on the isolation pool", |s| {
+        s.get("tokio_pulse_isolated_tasks", &[MANAGED]) == Some(1.0)
+    })
+    .await;
+
     // The series move while the hog keeps running.
     let polls = value(&first, "tokio_pulse_polls_total", &[MANAGED]);
     scrape_until(addr, "polls moving", |s| {

@@ -28,6 +28,9 @@ const DEMOTIONS: &str = "tokio_pulse_demotions_total";
 const POLL_BUCKET: &str = "tokio_pulse_poll_duration_seconds_bucket";
 const POLL_COUNT: &str = "tokio_pulse_poll_duration_seconds_count";
 const POLL_SUM: &str = "tokio_pulse_poll_duration_seconds_sum";
+const WATCHDOG_REPORTS: &str = "tokio_pulse_watchdog_reports_total";
+const SLOW_LANE_WAITING: &str = "tokio_pulse_slow_lane_queue_depth";
+const ISOLATED: &str = "tokio_pulse_isolated_tasks";
 
 /// Publishes what a [`Pulse`] measures as `metrics` counters and gauges.
 ///
@@ -54,6 +57,9 @@ const POLL_SUM: &str = "tokio_pulse_poll_duration_seconds_sum";
 /// | `tokio_pulse_poll_duration_seconds_bucket` | counter | `scope`, `le` | polls that took less than `le` seconds |
 /// | `tokio_pulse_poll_duration_seconds_count` | counter | `scope` | polls measured (equals the `le="+Inf"` bucket) |
 /// | `tokio_pulse_poll_duration_seconds_sum` | gauge | `scope` | total time spent in polls, in seconds |
+/// | `tokio_pulse_watchdog_reports_total` | counter | `scope="managed"` | polls the watchdog found stuck while running |
+/// | `tokio_pulse_slow_lane_queue_depth` | gauge | `scope="managed"` | `Yield`-tier tasks waiting for a slow-lane slot |
+/// | `tokio_pulse_isolated_tasks` | gauge | `scope="managed"` | tasks running on the isolation pool now (`tasks{tier="isolate"}` also counts isolated tasks that could not move) |
 ///
 /// A promotion is counted per bad window that moved a task; bad windows of
 /// a task already at its highest tier move nothing and are not counted.
@@ -260,6 +266,16 @@ struct ScopeSeries {
     count: Monotonic,
     sum: Gauge,
     sum_last: f64,
+    /// Only for the managed scope: the interventions act on managed tasks.
+    interventions: Option<InterventionSeries>,
+}
+
+/// The series of the slow lane, the isolation pool and the watchdog.
+#[derive(Debug)]
+struct InterventionSeries {
+    watchdog_reports: Monotonic,
+    slow_lane_waiting: Gauge,
+    isolated: Gauge,
 }
 
 impl ScopeSeries {
@@ -293,6 +309,11 @@ impl ScopeSeries {
             count: Monotonic::new(counter!(POLL_COUNT, "scope" => scope)),
             sum: gauge!(POLL_SUM, "scope" => scope),
             sum_last: 0.0,
+            interventions: (max_tier == Tier::Isolate).then(|| InterventionSeries {
+                watchdog_reports: Monotonic::new(counter!(WATCHDOG_REPORTS, "scope" => scope)),
+                slow_lane_waiting: gauge!(SLOW_LANE_WAITING, "scope" => scope),
+                isolated: gauge!(ISOLATED, "scope" => scope),
+            }),
         }
     }
 
@@ -331,6 +352,11 @@ impl ScopeSeries {
             self.sum_last = sum;
             self.sum.set(sum);
         }
+        if let Some(i) = &mut self.interventions {
+            i.watchdog_reports.set(totals.watchdog_reports);
+            i.slow_lane_waiting.set(totals.slow_lane_waiting as f64);
+            i.isolated.set(totals.isolated_tasks as f64);
+        }
     }
 }
 
@@ -343,6 +369,17 @@ fn describe() {
         "Tasks ended: completed, panicked or cancelled."
     );
     describe_gauge!(TASKS, Unit::Count, "Live tasks in each tier.");
+    describe_counter!(
+        WATCHDOG_REPORTS,
+        Unit::Count,
+        "Polls the watchdog found still running past its threshold."
+    );
+    describe_gauge!(
+        SLOW_LANE_WAITING,
+        Unit::Count,
+        "Yield-tier tasks waiting for a slow-lane slot."
+    );
+    describe_gauge!(ISOLATED, Unit::Count, "Tasks on the isolation pool now.");
     describe_counter!(POLLS, Unit::Count, "Polls.");
     describe_counter!(
         SLOW_POLLS,
