@@ -136,11 +136,7 @@ fn soak(waves: usize) {
             eprintln!("{info}");
         }
     }));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     // Normal priority keeps the soak's length independent of other load.
     let pulse = Pulse::builder()
         .isolation_priority(IsolationPriority::Inherit)

@@ -50,11 +50,7 @@ fn watch(pulse: Pulse, stop: Arc<AtomicBool>) -> Seen {
 
 #[test]
 fn a_hundred_thousand_concurrent_tasks_with_hogs_complete_and_snapshots_stay_usable() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     // Normal priority keeps the test's length independent of other load
     // on the machine; priority is not what this test is about.
     let pulse = Pulse::builder()

@@ -78,11 +78,7 @@ impl PreemptionHooks for Seen {
 
 #[test]
 fn under_load_every_task_runs_under_one_whole_configuration_or_the_other() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     let pulse = config_a().build().unwrap();
     let seen = Arc::new(Seen::default());
     pulse.set_hooks(seen.clone());

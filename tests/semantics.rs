@@ -338,11 +338,7 @@ fn silence_program_panics() {
 #[test]
 fn managed_tasks_end_exactly_like_tokio_tasks_through_every_tier() {
     silence_program_panics();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     let pulse = Pulse::builder()
         .slow_poll_threshold(Duration::from_micros(500))
         .budget_window(Duration::from_millis(5))

@@ -37,11 +37,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A runtime with four hogs isolated on the pool.
 fn runtime_with_isolated_hogs(pulse: &Pulse) -> tokio::runtime::Runtime {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     rt.block_on(async {
         for _ in 0..4 {
             pulse.spawn(async {

@@ -13,11 +13,7 @@ use tokio_pulse::{Pulse, Tier};
 /// Probe p99 lateness beside 8 polite hogs (2 ms per poll), spawned
 /// through `spawn`.
 fn p99_beside_hogs(spawn_with_pulse: bool) -> Duration {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     let pulse = Pulse::builder()
         .max_tier(Tier::Yield)
         .slow_lane_slots(1)

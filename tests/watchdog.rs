@@ -11,11 +11,7 @@ use tokio_pulse::{Pulse, PulseExt, Tier};
 
 #[test]
 fn a_300ms_blocking_poll_is_reported_while_still_running_and_the_task_is_then_isolated() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     let pulse = Pulse::new();
     let finished_blocking = Arc::new(AtomicBool::new(false));
     let (started_tx, started_rx) = std::sync::mpsc::channel();
