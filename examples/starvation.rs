@@ -8,6 +8,11 @@
 //! `pulse.spawn`, default configuration).
 //!
 //! `cargo run --release --example starvation [seconds per run, default 5]`
+//!
+//! For diagnosis: `ONLY=pulse` runs the tokio-pulse case alone,
+//! `TRACE_LATE=1` prints every probe wake-up more than 2 ms late with its
+//! time since start, and `RUST_LOG=info` shows tokio-pulse's events (tier
+//! changes, watchdog reports).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
