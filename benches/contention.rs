@@ -13,6 +13,8 @@
 //!
 //! `cargo bench --bench contention`
 
+mod common;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
@@ -21,6 +23,7 @@ use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::thread_time_ns;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tokio_pulse::{PreemptionHooks, Pulse, PulseExt};
 
@@ -39,28 +42,6 @@ impl Future for Ticker {
 #[inline]
 fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>, cx: &mut Context<'_>) {
     black_box(fut.poll(cx).is_pending());
-}
-
-/// CPU time of the calling thread, or wall time where the platform cannot tell.
-#[cfg(unix)]
-fn thread_time_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-#[cfg(not(unix))]
-fn thread_time_ns() -> u64 {
-    use std::sync::OnceLock;
-    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-    ORIGIN
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
 }
 
 /// `threads` threads each poll their own future `iters` times, all at once;

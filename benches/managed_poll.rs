@@ -20,6 +20,8 @@
 //!
 //! `cargo bench --bench managed_poll`
 
+mod common;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::thread_time_ns;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio_pulse::{PreemptionHooks, Pulse, PulseExt, Tier};
 
@@ -100,25 +103,6 @@ fn added_time<F: Future + Unpin>(iters: u64, fut: &mut F, bare: &mut Ticker) -> 
         left -= n;
     }
     Duration::from_nanos(managed_ns.saturating_sub(bare_ns))
-}
-
-/// CPU time of the calling thread, or wall time where the platform cannot tell.
-#[cfg(unix)]
-fn thread_time_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-#[cfg(not(unix))]
-fn thread_time_ns() -> u64 {
-    use std::sync::OnceLock;
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 struct NoopHooks;

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::spin;
+use common::{Captured, spin};
 use tokio::runtime::{Builder, Runtime};
 use tokio_pulse::{Pulse, Tier};
-use tracing_subscriber::fmt::MakeWriter;
 
 fn pulse() -> Pulse {
     Pulse::builder()
@@ -115,29 +113,6 @@ fn an_idle_task_aborted_from_outside_is_counted_as_ended() {
         pulse.runtime_totals().tasks_ended == 1
     });
     assert!(pulse.snapshot().runtime_task(id).is_none());
-}
-
-/// Formatted output of a `fmt` subscriber, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
 }
 
 /// Every event of this test binary, formatted. A global subscriber rather

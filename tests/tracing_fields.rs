@@ -3,36 +3,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use common::spin;
+use common::{Captured, spin};
 use tokio_pulse::Pulse;
-use tracing_subscriber::fmt::MakeWriter;
-
-/// Formatted output of a `fmt` subscriber, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 /// Runs a managed task that logs once and then hogs its worker, under a
 /// `fmt` subscriber with `filter`; returns what the subscriber printed.
