@@ -116,24 +116,23 @@ impl<F: Future> Future for Managed<F> {
 impl<F: Future> Managed<F> {
     #[inline(always)]
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self;
         loop {
-            match &mut this.state {
+            match &mut self.state {
                 State::Local(core) => {
                     let tier = core.tier();
-                    if let Some(isolate) = this.isolator {
+                    if let Some(isolate) = self.isolator {
                         if tier == Tier::Isolate {
                             let State::Local(core) =
-                                std::mem::replace(&mut this.state, State::Done)
+                                std::mem::replace(&mut self.state, State::Done)
                             else {
                                 unreachable!("matched Local above");
                             };
                             core.pass_lane_offer();
-                            this.state = match isolate(core) {
+                            self.state = match isolate(core) {
                                 Ok(handoff) => State::Isolated(handoff),
                                 Err(core) => {
                                     // No pool: the task stays in the slow lane.
-                                    this.isolator = None;
+                                    self.isolator = None;
                                     State::Local(core)
                                 }
                             };
@@ -142,19 +141,19 @@ impl<F: Future> Managed<F> {
                     }
                     let out = core.poll_local(cx, tier);
                     if out.is_ready() {
-                        this.state = State::Done;
+                        self.state = State::Done;
                     }
                     return out;
                 }
                 State::Isolated(handoff) => match handoff.poll_origin(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Outcome::Returned(core)) => this.state = State::Local(core),
+                    Poll::Ready(Outcome::Returned(core)) => self.state = State::Local(core),
                     Poll::Ready(Outcome::Output(out)) => {
-                        this.state = State::Done;
+                        self.state = State::Done;
                         return Poll::Ready(out);
                     }
                     Poll::Ready(Outcome::Panicked(payload)) => {
-                        this.state = State::Done;
+                        self.state = State::Done;
                         std::panic::resume_unwind(payload);
                     }
                 },

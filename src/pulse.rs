@@ -17,10 +17,10 @@ use crate::managed::Managed;
 use crate::observe::RateLimiter;
 use crate::registry::Registry;
 use crate::slow_lane::SlowLane;
-use crate::snapshot::{Snapshot, StuckPoll, TaskSnapshot};
+use crate::snapshot::{Snapshot, TaskSnapshot};
 use crate::stats::{PulseStats, Totals};
 use crate::task::TaskShared;
-use crate::timing::{as_nanos, clock, nanos};
+use crate::timing::{as_nanos, clock};
 use crate::watchdog;
 
 /// State shared by a `Pulse`, its clones, and every task it manages.
@@ -188,13 +188,7 @@ impl Pulse {
             snapshot.tasks.push(t);
         });
         if let Some(threshold) = self.shared.config.load().interventions.watchdog_threshold {
-            for (poll, thread) in watchdog::running_polls(&self.shared, threshold) {
-                snapshot.stuck.push(StuckPoll {
-                    task: crate::task::TaskId(poll.task_id),
-                    running_for: nanos(clock().now_ns().saturating_sub(poll.start_ns)),
-                    thread,
-                });
-            }
+            snapshot.stuck = watchdog::running_polls(&self.shared, threshold);
         }
         #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
         self.shared.runtime.snapshot_into(&mut snapshot);

@@ -201,13 +201,20 @@ impl<F: Future> TaskCore<F> {
         };
         let end = clock.now_ns();
         let cpu_ns = cpu_start.and_then(|c0| Some(thread_cpu_ns()?.saturating_sub(c0)));
-        let poll_ns = end.saturating_sub(start);
-        self.account(start, end, cpu_ns, out.is_ready(), hooks);
+        let poll_ns = self.account(start, end, cpu_ns, out.is_ready(), hooks);
         (out, poll_ns)
     }
 
     #[inline]
-    fn account(&mut self, start: u64, end: u64, cpu_ns: Option<u64>, ready: bool, hooks: bool) {
+    /// Records one poll; returns its wall time in nanoseconds.
+    fn account(
+        &mut self,
+        start: u64,
+        end: u64,
+        cpu_ns: Option<u64>,
+        ready: bool,
+        hooks: bool,
+    ) -> u64 {
         let poll_ns = end.saturating_sub(start);
         // This poll is reported here; an observing runtime hook must not
         // charge it to the task that polled this future too.
@@ -230,6 +237,7 @@ impl<F: Future> TaskCore<F> {
             };
             self.pulse.hooks.with(|h| h.after_poll(&info, &report));
         }
+        poll_ns
     }
 
     #[cold]

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use crate::context::{self, CurrentPoll, ThreadSlot};
 use crate::pulse::PulseShared;
+use crate::snapshot::StuckPoll;
 use crate::task::TaskId;
 use crate::tier::Tier;
-use crate::timing::{as_nanos, clock};
+use crate::timing::{as_nanos, clock, nanos};
 
 /// Starts the watchdog of one `Pulse`. The thread ends within one period
 /// after the `Pulse` and all its tasks are gone. The threshold is re-read
@@ -94,17 +95,19 @@ fn report(pulse: &PulseShared, slot: &ThreadSlot, poll: CurrentPoll, now: u64) {
 }
 
 /// Polls of this `Pulse`'s tasks running now for at least `min`.
-pub(crate) fn running_polls(
-    pulse: &PulseShared,
-    min: Duration,
-) -> Vec<(CurrentPoll, Option<String>)> {
+pub(crate) fn running_polls(pulse: &PulseShared, min: Duration) -> Vec<StuckPoll> {
     let now = clock().now_ns();
     let min_ns = as_nanos(min);
     let mut found = Vec::new();
     context::for_each_slot(|slot| {
         if let Some(poll) = slot.read() {
-            if poll.pulse_id == pulse.id && now.saturating_sub(poll.start_ns) >= min_ns {
-                found.push((poll, slot.thread_name.clone()));
+            let running_ns = now.saturating_sub(poll.start_ns);
+            if poll.pulse_id == pulse.id && running_ns >= min_ns {
+                found.push(StuckPoll {
+                    task: TaskId(poll.task_id),
+                    running_for: nanos(running_ns),
+                    thread: slot.thread_name.clone(),
+                });
             }
         }
     });
