@@ -411,15 +411,6 @@ impl PulseBuilder {
         self
     }
 
-    /// Validates the configuration and creates the [`Pulse`](crate::Pulse).
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the first value that breaks a rule.
-    pub fn build(self) -> Result<crate::Pulse, ConfigError> {
-        let config = self.config()?;
-        Ok(crate::Pulse::from_config(config))
-    }
-
     pub(crate) fn config(&self) -> Result<Config, ConfigError> {
         let o = &self.overrides;
         let d = self.profile.defaults();

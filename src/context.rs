@@ -6,12 +6,16 @@
 //!   to give way (a thread-local `Cell`, plain data, nothing to dangle);
 //! - the watchdog, on its own thread, looks for polls that have run too
 //!   long. For it each thread that polls managed tasks owns a [`ThreadSlot`]
-//!   of atomics, registered once per thread, written with two relaxed stores
-//!   per poll and read without ever stopping the poller.
+//!   of atomics, registered once per thread, and read without ever stopping
+//!   the poller. A poll writes its slot with three stores when it starts
+//!   (task, pulse, start stamp; one more to clear an enclosing poll's stamp
+//!   first when polls nest) and one when it ends.
 
 use std::cell::{Cell, OnceCell};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, Weak};
+
+use crate::sync::{AtomicU64, fence, lock};
 
 /// The managed poll running on this thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +40,15 @@ impl CurrentPoll {
 }
 
 /// What the watchdog can see of one thread's current managed poll.
+///
+/// A seqlock whose sequence number is the start stamp (stamps never
+/// repeat, and 0 means "no poll"): the poller clears the stamp, writes the
+/// ids, then writes the new stamp with `Release`; a reader loads the stamp
+/// with `Acquire`, the ids, then (after an `Acquire` fence) the stamp
+/// again, and trusts the ids only if both stamps agree. On x86-64 these
+/// orderings cost nothing over `Relaxed`: plain loads and stores already
+/// behave so, and the orderings only stop the compiler from reordering
+/// them. The `loom` model below checks the protocol.
 #[derive(Debug)]
 pub(crate) struct ThreadSlot {
     start_ns: AtomicU64,
@@ -43,22 +56,32 @@ pub(crate) struct ThreadSlot {
     pulse_id: AtomicU64,
     /// The start stamp of the poll last reported stuck, so that a poll is
     /// reported once however long it runs. Written by the watchdog only.
-    pub reported_start_ns: AtomicU64,
+    pub reported_start_ns: std::sync::atomic::AtomicU64,
     pub thread_name: Option<String>,
 }
 
 impl ThreadSlot {
+    fn new(thread_name: Option<String>) -> Self {
+        ThreadSlot {
+            start_ns: AtomicU64::new(0),
+            task_id: AtomicU64::new(0),
+            pulse_id: AtomicU64::new(0),
+            reported_start_ns: std::sync::atomic::AtomicU64::new(0),
+            thread_name,
+        }
+    }
+
     /// A consistent reading of the slot, or `None` if no managed poll is
-    /// running (or one ended or began while it was read).
+    /// running (or one ended or began while it was read: such a poll was
+    /// short, and the next reading will do).
     pub(crate) fn read(&self) -> Option<CurrentPoll> {
-        let start_ns = self.start_ns.load(Relaxed);
+        let start_ns = self.start_ns.load(Acquire);
         if start_ns == 0 {
             return None;
         }
         let task_id = self.task_id.load(Relaxed);
         let pulse_id = self.pulse_id.load(Relaxed);
-        // Seqlock-style: if the start stamp changed, the ids may belong to
-        // another poll. A changed stamp means that poll was short anyway.
+        fence(Acquire);
         (self.start_ns.load(Relaxed) == start_ns).then_some(CurrentPoll {
             start_ns,
             slice_ns: 0,
@@ -75,13 +98,14 @@ impl ThreadSlot {
     fn publish(&self, poll: &CurrentPoll, replacing: bool) {
         if replacing {
             self.start_ns.store(0, Relaxed);
+            fence(Release);
         }
         if poll.start_ns == 0 {
             return;
         }
         self.task_id.store(poll.task_id, Relaxed);
         self.pulse_id.store(poll.pulse_id, Relaxed);
-        self.start_ns.store(poll.start_ns, Relaxed);
+        self.start_ns.store(poll.start_ns, Release);
     }
 }
 
@@ -103,14 +127,10 @@ thread_local! {
 static SLOTS: Mutex<Vec<Weak<ThreadSlot>>> = Mutex::new(Vec::new());
 
 fn register_slot() -> Arc<ThreadSlot> {
-    let slot = Arc::new(ThreadSlot {
-        start_ns: AtomicU64::new(0),
-        task_id: AtomicU64::new(0),
-        pulse_id: AtomicU64::new(0),
-        reported_start_ns: AtomicU64::new(0),
-        thread_name: std::thread::current().name().map(str::to_owned),
-    });
-    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    let slot = Arc::new(ThreadSlot::new(
+        std::thread::current().name().map(str::to_owned),
+    ));
+    let mut slots = lock(&SLOTS);
     slots.retain(|s| s.strong_count() > 0);
     slots.push(Arc::downgrade(&slot));
     slot
@@ -118,10 +138,7 @@ fn register_slot() -> Arc<ThreadSlot> {
 
 /// Calls `f` with each live thread slot.
 pub(crate) fn for_each_slot(mut f: impl FnMut(&ThreadSlot)) {
-    let slots: Vec<Arc<ThreadSlot>> = {
-        let slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-        slots.iter().filter_map(Weak::upgrade).collect()
-    };
+    let slots: Vec<Arc<ThreadSlot>> = lock(&SLOTS).iter().filter_map(Weak::upgrade).collect();
     slots.iter().for_each(|s| f(s));
 }
 
@@ -165,6 +182,46 @@ impl Drop for PollScope {
             if let Some(slot) = c.slot.get() {
                 slot.publish(&self.outer, true);
             }
+        });
+    }
+}
+
+/// Model check of the slot protocol: `RUSTFLAGS="--cfg pulse_loom" cargo
+/// test --lib --release loom`.
+#[cfg(all(test, pulse_loom))]
+mod loom_models {
+    use super::*;
+    use loom::thread;
+
+    fn poll(start_ns: u64, id: u64) -> CurrentPoll {
+        CurrentPoll {
+            start_ns,
+            slice_ns: 0,
+            task_id: id,
+            pulse_id: id,
+        }
+    }
+
+    /// While a thread replaces one poll by another, a reader sees either
+    /// poll whole, or nothing: never one poll's start with another's ids.
+    #[test]
+    fn loom_a_slot_reading_never_mixes_two_polls() {
+        loom::model(|| {
+            let slot = Arc::new(ThreadSlot::new(None));
+            slot.publish(&poll(10, 1), false);
+            let writer = {
+                let slot = slot.clone();
+                thread::spawn(move || slot.publish(&poll(20, 2), true))
+            };
+            if let Some(seen) = slot.read() {
+                let expected = if seen.start_ns == 10 { 1 } else { 2 };
+                assert_eq!(
+                    (seen.task_id, seen.pulse_id),
+                    (expected, expected),
+                    "{seen:?}"
+                );
+            }
+            writer.join().unwrap();
         });
     }
 }

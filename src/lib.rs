@@ -86,6 +86,9 @@ mod budget;
 mod checkpoint;
 mod config;
 mod context;
+mod engine;
+mod fault;
+mod histogram;
 mod hooks;
 #[cfg(any(feature = "metrics", feature = "tower"))]
 mod integrations;
@@ -98,6 +101,7 @@ mod registry;
 mod runtime_hooks;
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 mod runtime_tasks;
+mod sharded;
 mod slow_lane;
 mod snapshot;
 mod stats;
@@ -108,15 +112,20 @@ mod tier;
 mod timing;
 mod watchdog;
 
-#[cfg(feature = "bench-internals")]
+/// Crate-private hot-path operations, public for the criterion benches
+/// only: built with `RUSTFLAGS="--cfg pulse_bench"`, never by a dependent
+/// crate's normal build. Not API.
+#[cfg(pulse_bench)]
 #[doc(hidden)]
 pub mod bench_internals;
 
 pub use checkpoint::{Checkpoint, checkpoint};
 pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder};
+pub use engine::{Component, Health};
+pub use histogram::PollHistogram;
 pub use hooks::{PollReport, PreemptionHooks};
 #[cfg(feature = "metrics")]
-pub use integrations::metrics::{MetricsPublisher, PublisherHandle};
+pub use integrations::metrics::{MetricsPublisher, PublisherError, PublisherHandle};
 #[cfg(feature = "tower")]
 pub use integrations::tower::{Fixed, NameRequest, PulseLayer, PulseService};
 pub use isolation::IsolationPriority;
@@ -125,9 +134,9 @@ pub use pulse::{Pulse, PulseExt};
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 pub use runtime_hooks::RuntimeHooks;
 pub use snapshot::{Snapshot, StuckPoll, TaskSnapshot};
-pub use stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, PollHistogram, Totals};
+pub use stats::Totals;
 pub use task::{TaskId, TaskInfo};
-pub use tier::Tier;
+pub use tier::{PerTier, Tier};
 
 #[cfg(all(feature = "runtime-hooks", not(tokio_unstable)))]
 compile_error!(

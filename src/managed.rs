@@ -1,11 +1,11 @@
 //! The wrapper around every managed future.
 //!
-//! Per poll, with no hooks and a well-behaved task, it costs two clock reads
-//! (TSC, ~10 ns each), a thread-local write and restore, and a handful of
-//! relaxed loads and stores on the task's own state: no allocation, no lock,
-//! no lookup. Everything else (tier changes, events, CPU time, the slow
-//! lane, the isolation pool) is off that path, taken only by tasks that have
-//! already misbehaved.
+//! Per poll, with no hooks and a well-behaved task, it costs two clock reads,
+//! a thread-local write and restore, and a handful of relaxed loads and
+//! stores on the task's own state: no allocation, no lock, no lookup (the
+//! measured cost is in BENCHMARKS.md). Everything else (tier changes,
+//! events, CPU time, the slow lane, the isolation pool) is off that path,
+//! taken only by tasks that have already misbehaved.
 //!
 //! The wrapper stays in the runtime that spawned it for the task's whole
 //! life, so its `JoinHandle` and `abort` behave exactly as Tokio's. When the
@@ -17,11 +17,40 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::isolation::{Handoff, Isolator, Outcome};
-use crate::pulse::PulseShared;
+use crate::engine::Engine;
+use crate::isolation::{self, Handoff, Outcome};
 use crate::task::{TaskInfo, TaskShared};
 use crate::task_core::TaskCore;
 use crate::tier::Tier;
+
+/// Moves a core to the isolation pool, or hands it back if there is no
+/// pool. A function pointer, instantiated where the future is known to be
+/// `Send`: the wrapper of a future that is not holds none, and never moves.
+pub(crate) type Isolator<F> = fn(TaskCore<F>) -> Result<Arc<Handoff<TaskCore<F>>>, TaskCore<F>>;
+
+/// The isolator for futures that can move between threads.
+pub(crate) fn isolator<F>() -> Isolator<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    isolate::<F>
+}
+
+// The error hands the core back by value on a path taken at most once per
+// task (the pool failed to start); boxing it would cost more than it saves.
+#[allow(clippy::result_large_err)]
+fn isolate<F>(core: TaskCore<F>) -> Result<Arc<Handoff<TaskCore<F>>>, TaskCore<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let engine = Arc::clone(core.engine());
+    match engine.isolation_pool() {
+        Some(pool) => Ok(isolation::isolate(pool, core, engine.stats.isolated())),
+        None => Err(core),
+    }
+}
 
 /// A future under tokio-pulse management.
 ///
@@ -34,7 +63,7 @@ use crate::tier::Tier;
 pub struct Managed<F: Future> {
     state: State<F>,
     task: Arc<TaskShared>,
-    pulse: Arc<PulseShared>,
+    engine: Arc<Engine>,
     /// Moves the core to the isolation pool; `None` for futures that are
     /// not `Send`, which stay on their thread (capped at `Tier::Yield`).
     isolator: Option<Isolator<F>>,
@@ -51,20 +80,19 @@ enum State<F: Future> {
     /// Polled here, on the spawning runtime.
     Local(TaskCore<F>),
     /// Moved to the isolation pool.
-    Isolated(Arc<Handoff<F>>),
+    Isolated(Arc<Handoff<TaskCore<F>>>),
     /// Completed, panicked, or polled after either.
     Done,
 }
 
 impl<F: Future> Managed<F> {
     pub(crate) fn new(
-        pulse: Arc<PulseShared>,
+        engine: Arc<Engine>,
         task: Arc<TaskShared>,
         future: F,
         isolator: Option<Isolator<F>>,
     ) -> Self {
-        pulse.registry.insert(Arc::clone(&task));
-        pulse.stats.task_spawned();
+        engine.register(Arc::clone(&task));
         let max_tier = if isolator.is_some() {
             Tier::Isolate
         } else {
@@ -80,13 +108,13 @@ impl<F: Future> Managed<F> {
         Managed {
             span: (!span.is_disabled()).then(|| Box::new(span)),
             state: State::Local(TaskCore::new(
-                Arc::clone(&pulse),
+                Arc::clone(&engine),
                 Arc::clone(&task),
                 future,
                 max_tier,
             )),
             task,
-            pulse,
+            engine,
             isolator,
         }
     }
@@ -168,17 +196,12 @@ impl<F: Future> Drop for Managed<F> {
         // Woken with a slow-lane slot on offer but never polled again (e.g.
         // aborted): pass the offer on, or the waiting tasks would stall.
         if self.task.lane.end() {
-            self.pulse.lane.offer_next();
+            self.engine.lane.offer_next();
         }
         if let State::Isolated(handoff) = &self.state {
             handoff.cancel();
         }
-        self.pulse.registry.remove(self.task.id);
-        self.pulse.stats.task_ended(&self.task.counters());
-        if self.pulse.hooks.is_installed() {
-            let info = TaskInfo { shared: &self.task };
-            self.pulse.hooks.with(|h| h.on_task_end(&info));
-        }
+        self.engine.task_ended(&self.task);
     }
 }
 

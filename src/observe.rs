@@ -65,31 +65,9 @@ pub(crate) struct ChangeCause {
     pub cpu_ns: Option<u64>,
 }
 
+/// Emits the event of one tier change. `tokio_id` is set for a task
+/// observed through the runtime hooks.
 pub(crate) fn tier_changed(
-    shared: &TaskShared,
-    change: TierChange,
-    cause: ChangeCause,
-    limiter: &RateLimiter,
-    now_ns: u64,
-) {
-    emit(shared, None, change, cause, limiter, now_ns);
-}
-
-/// A tier change of a task observed through the runtime hooks: the same
-/// event, with the task's Tokio id.
-#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
-pub(crate) fn runtime_tier_changed(
-    shared: &TaskShared,
-    tokio_id: tokio::task::Id,
-    change: TierChange,
-    cause: ChangeCause,
-    limiter: &RateLimiter,
-    now_ns: u64,
-) {
-    emit(shared, Some(tokio_id), change, cause, limiter, now_ns);
-}
-
-fn emit(
     shared: &TaskShared,
     tokio_id: Option<tokio::task::Id>,
     change: TierChange,

@@ -36,6 +36,18 @@ pub(crate) struct SlowLane {
     quantum_ns: AtomicI64,
 }
 
+/// What [`SlowLane::wait`] did.
+#[must_use]
+pub(crate) enum Wait<'a> {
+    /// A slot freed while the task queued: it holds it now.
+    Entered(LaneSlot<'a>),
+    /// Queued: the task is woken with an offer when a slot frees.
+    Queued,
+    /// The queue is full: the task was not queued, and should fall back
+    /// to plain deferral.
+    Full,
+}
+
 /// A held slot; dropping it releases the slot and offers it to the next
 /// waiting task (also when the poll panics).
 #[must_use]
@@ -98,21 +110,17 @@ impl SlowLane {
 
     /// Queues `task` to be woken when a slot frees, then checks once more
     /// for a slot freed meanwhile (so no release can go unnoticed).
-    ///
-    /// Returns `Err(())` when the queue is full: the caller should fall
-    /// back to plain deferral.
-    pub(crate) fn wait(
-        &self,
-        task: &Arc<TaskShared>,
-        waker: &std::task::Waker,
-    ) -> Result<Option<LaneSlot<'_>>, ()> {
+    pub(crate) fn wait(&self, task: &Arc<TaskShared>, waker: &std::task::Waker) -> Wait<'_> {
         task.lane.waker.register(waker);
         if !task.lane.queued.swap(true, SeqCst) && self.waiting.push(Arc::clone(task)).is_err() {
             task.lane.queued.store(false, SeqCst);
-            return Err(());
+            return Wait::Full;
         }
         fence(SeqCst);
-        Ok(self.try_enter())
+        match self.try_enter() {
+            Some(slot) => Wait::Entered(slot),
+            None => Wait::Queued,
+        }
     }
 
     /// Wakes the first waiting task that is still alive, offering it a slot.
@@ -169,7 +177,7 @@ mod tests {
         let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let t = task();
-        assert!(lane.wait(&t, &waker).unwrap().is_none());
+        assert!(matches!(lane.wait(&t, &waker), Wait::Queued));
         assert_eq!(lane.queue_depth(), 1);
         drop(a);
         assert_eq!(wakes.0.load(Relaxed), 1, "release did not wake the waiter");
@@ -183,7 +191,7 @@ mod tests {
         let _held = lane.try_enter().unwrap();
         let t = task();
         for _ in 0..10 {
-            assert!(lane.wait(&t, Waker::noop()).unwrap().is_none());
+            assert!(matches!(lane.wait(&t, Waker::noop()), Wait::Queued));
         }
         assert_eq!(lane.queue_depth(), 1);
     }
@@ -194,8 +202,11 @@ mod tests {
         let held = lane.try_enter().unwrap();
         let (dead, alive) = (task(), task());
         let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
-        lane.wait(&dead, Waker::noop()).unwrap();
-        lane.wait(&alive, &Waker::from(wakes.clone())).unwrap();
+        assert!(matches!(lane.wait(&dead, Waker::noop()), Wait::Queued));
+        assert!(matches!(
+            lane.wait(&alive, &Waker::from(wakes.clone())),
+            Wait::Queued
+        ));
         assert!(!dead.lane.end());
         drop(held);
         assert_eq!(wakes.0.load(Relaxed), 1);
@@ -241,8 +252,9 @@ mod loom_models {
             let (woken, waker) = flag_waker();
             let (l, t) = (lane.clone(), task());
             let waiter = thread::spawn(move || match l.wait(&t, &waker) {
-                Ok(slot) => slot.is_some(),
-                Err(()) => unreachable!("queue cannot be full"),
+                Wait::Entered(_) => true,
+                Wait::Queued => false,
+                Wait::Full => unreachable!("queue cannot be full"),
             });
             drop(held);
             let took_slot = waiter.join().unwrap();
@@ -292,8 +304,8 @@ mod loom_models {
             let (doomed, next) = (task(), task());
             let (_, doomed_waker) = flag_waker();
             let (next_woken, next_waker) = flag_waker();
-            assert!(lane.wait(&doomed, &doomed_waker).unwrap().is_none());
-            assert!(lane.wait(&next, &next_waker).unwrap().is_none());
+            assert!(matches!(lane.wait(&doomed, &doomed_waker), Wait::Queued));
+            assert!(matches!(lane.wait(&next, &next_waker), Wait::Queued));
             let l = lane.clone();
             let dropper = thread::spawn(move || {
                 // What `Managed::drop` does.

@@ -5,7 +5,7 @@ use std::panic::Location;
 use std::time::Duration;
 
 use crate::task::{TaskId, TaskShared};
-use crate::tier::Tier;
+use crate::tier::{PerTier, Tier};
 use crate::timing::nanos;
 
 /// The state of every live managed task at one moment, from
@@ -18,8 +18,6 @@ use crate::timing::nanos;
 pub struct Snapshot {
     /// One entry per live task, in no particular order.
     pub tasks: Vec<TaskSnapshot>,
-    /// Live tasks per tier, indexed by [`Tier::index`].
-    pub tier_counts: [usize; 4],
     /// Every live task of the runtimes observed through runtime hooks
     /// (feature `runtime-hooks`), as Tokio sees them: libraries' tasks
     /// included, each with its [`tokio_id`](TaskSnapshot::tokio_id). Empty
@@ -46,7 +44,7 @@ pub struct StuckPoll {
 impl Snapshot {
     /// Live tasks in `tier`.
     pub fn count(&self, tier: Tier) -> usize {
-        self.tier_counts[tier.index()]
+        PerTier::tally(self.tasks.iter().map(|t| t.tier))[tier]
     }
 
     /// The task with this id, if it is still alive.
@@ -66,7 +64,7 @@ impl Snapshot {
 
     /// Live runtime-wide tasks in `tier` (see [`runtime_tasks`](Snapshot::runtime_tasks)).
     pub fn runtime_count(&self, tier: Tier) -> usize {
-        self.runtime_tasks.iter().filter(|t| t.tier == tier).count()
+        PerTier::tally(self.runtime_tasks.iter().map(|t| t.tier))[tier]
     }
 
     /// The runtime-wide task with this Tokio id, if it is still alive.

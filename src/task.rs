@@ -12,7 +12,7 @@ use std::fmt;
 use std::panic::Location;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::stats::{POLL_TIME_BUCKETS, PollHistogram, bucket_of};
+use crate::histogram::{AtomicHistogram, PollHistogram};
 use crate::sync::{AtomicBool, AtomicU8, AtomicU64, WakerSlot};
 use crate::tier::Tier;
 
@@ -54,7 +54,7 @@ pub(crate) struct TaskShared {
     polls: AtomicU64,
     busy_ns: AtomicU64,
     max_poll_ns: AtomicU64,
-    histogram: [AtomicU64; POLL_TIME_BUCKETS],
+    histogram: AtomicHistogram,
     slow_polls: AtomicU64,
     cpu_ns: AtomicU64,
     pub id: TaskId,
@@ -150,7 +150,7 @@ impl TaskShared {
     pub(crate) fn record_poll(&self, poll_ns: u64, slow: bool) {
         bump(&self.polls, 1);
         bump(&self.busy_ns, poll_ns);
-        bump(&self.histogram[bucket_of(poll_ns)], 1);
+        self.histogram.record(poll_ns);
         if slow {
             bump(&self.slow_polls, 1);
         }
@@ -191,9 +191,7 @@ impl TaskShared {
             max_poll_ns: self.max_poll_ns.load(Relaxed),
             cpu_ns: self.cpu_ns.load(Relaxed),
             stuck_reports: self.stuck_reports.load(Relaxed),
-            histogram: PollHistogram {
-                counts: self.histogram.each_ref().map(|a| a.load(Relaxed)),
-            },
+            histogram: self.histogram.load(),
         }
     }
 }

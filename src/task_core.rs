@@ -13,9 +13,11 @@ use std::task::{Context, Poll};
 
 use crate::checkpoint::defer;
 use crate::context::{CurrentPoll, PollScope};
-use crate::hooks::PollReport;
-use crate::observe::{self, ChangeCause};
-use crate::pulse::PulseShared;
+use crate::engine::{Engine, Scope};
+use crate::hooks::{Hook, PollReport};
+use crate::isolation::{Isolated, PoolPoll};
+use crate::observe::ChangeCause;
+use crate::slow_lane::Wait;
 use crate::task::{TaskInfo, TaskShared};
 use crate::tier::{Escalation, EscalationPolicy, Tier, TierChange};
 use crate::timing::{clock, cpu::thread_cpu_ns, nanos};
@@ -23,7 +25,7 @@ use crate::timing::{clock, cpu::thread_cpu_ns, nanos};
 pub(crate) struct TaskCore<F: Future> {
     future: Pin<Box<F>>,
     task: Arc<TaskShared>,
-    pulse: Arc<PulseShared>,
+    engine: Arc<Engine>,
     escalation: Escalation,
     policy: EscalationPolicy,
     /// The task gave way before its last slow-lane poll: let it run now.
@@ -40,34 +42,34 @@ pub(crate) struct TaskCore<F: Future> {
 
 impl<F: Future> TaskCore<F> {
     pub(crate) fn new(
-        pulse: Arc<PulseShared>,
+        engine: Arc<Engine>,
         task: Arc<TaskShared>,
         future: F,
         max_tier: Tier,
     ) -> Self {
-        let generation = pulse.generation.load(Ordering::Acquire);
+        let (policy, generation) = engine.policy(max_tier);
         TaskCore {
             future: Box::pin(future),
-            policy: pulse.config.load().escalation_policy(max_tier),
+            policy,
             max_tier,
             generation,
             escalation: Escalation::new(clock().now_ns()),
             task,
-            pulse,
+            engine,
             deferred: false,
             deficit_ns: 0,
             lane_user: false,
         }
     }
 
-    pub(crate) fn pulse(&self) -> &Arc<PulseShared> {
-        &self.pulse
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// The task's tier, after applying any escalation the watchdog asked for.
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
-        if self.pulse.generation.load(Ordering::Relaxed) != self.generation {
+        if self.engine.generation(Ordering::Relaxed) != self.generation {
             self.reload_policy();
         }
         if let Some(forced) = self.task.take_forced_tier() {
@@ -80,8 +82,7 @@ impl<F: Future> TaskCore<F> {
     /// of it at once, from one snapshot.
     #[cold]
     fn reload_policy(&mut self) {
-        self.generation = self.pulse.generation.load(Ordering::Acquire);
-        self.policy = self.pulse.config.load().escalation_policy(self.max_tier);
+        (self.policy, self.generation) = self.engine.policy(self.max_tier);
         if self.escalation.tier() > self.policy.max_tier {
             self.force(self.policy.max_tier);
         }
@@ -111,16 +112,11 @@ impl<F: Future> TaskCore<F> {
         self.poll_measured(cx, tier)
     }
 
-    /// Polls on an isolation pool thread: no further intervention there.
-    pub(crate) fn poll_isolated(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.poll_measured(cx, Tier::Isolate)
-    }
-
     /// If the slow lane offered this task a slot it will not use, offers it
     /// to the next waiting task instead, so no slot is left unclaimed.
     pub(crate) fn pass_lane_offer(&self) {
         if self.task.lane.take_offer() {
-            self.pulse.lane.offer_next();
+            self.engine.lane.offer_next();
         }
     }
 
@@ -135,8 +131,8 @@ impl<F: Future> TaskCore<F> {
             return Poll::Pending;
         }
         self.deferred = false;
-        let pulse = Arc::clone(&self.pulse);
-        let lane = &pulse.lane;
+        let engine = Arc::clone(&self.engine);
+        let lane = &engine.lane;
         if self.deficit_ns <= 0 {
             self.deficit_ns += lane.quantum_ns();
             if self.deficit_ns <= 0 {
@@ -152,10 +148,10 @@ impl<F: Future> TaskCore<F> {
         let slot = match lane.try_enter() {
             Some(slot) => slot,
             None => match lane.wait(&self.task, cx.waker()) {
-                Ok(Some(slot)) => slot,
-                Ok(None) => return Poll::Pending,
-                Err(()) => {
-                    // Queue full: still give way, without the lane's order.
+                Wait::Entered(slot) => slot,
+                Wait::Queued => return Poll::Pending,
+                Wait::Full => {
+                    // Still give way, without the lane's order.
                     defer(cx);
                     return Poll::Pending;
                 }
@@ -176,10 +172,12 @@ impl<F: Future> TaskCore<F> {
     /// wall time in nanoseconds.
     #[inline]
     fn poll_timed(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
-        let hooks = self.pulse.hooks.is_installed();
+        let hooks = self.engine.hooks.is_installed();
         if hooks {
             let info = TaskInfo { shared: &self.task };
-            self.pulse.hooks.with(|h| h.before_poll(&info));
+            self.engine
+                .hooks
+                .call(Hook::BeforePoll, |h| h.before_poll(&info));
         }
         // Only suspects pay for a CPU-time read (see `Escalation::measures_cpu`).
         let cpu_start = if self.escalation.measures_cpu() {
@@ -195,7 +193,7 @@ impl<F: Future> TaskCore<F> {
                 start_ns: start,
                 slice_ns,
                 task_id: self.task.id.0,
-                pulse_id: self.pulse.id,
+                pulse_id: self.engine.id,
             });
             self.future.as_mut().poll(cx)
         };
@@ -235,22 +233,34 @@ impl<F: Future> TaskCore<F> {
                 slow,
                 ready,
             };
-            self.pulse.hooks.with(|h| h.after_poll(&info, &report));
+            self.engine
+                .hooks
+                .call(Hook::AfterPoll, |h| h.after_poll(&info, &report));
         }
         poll_ns
     }
 
-    #[cold]
-    #[inline(never)]
     fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {
-        self.task.set_tier(change.to);
-        self.pulse.stats.tier_changed(change.from, change.to);
-        observe::tier_changed(&self.task, change, cause, &self.pulse.warnings, now_ns);
-        if self.pulse.hooks.is_installed() {
-            let info = TaskInfo { shared: &self.task };
-            self.pulse
-                .hooks
-                .with(|h| h.on_tier_change(&info, change.from, change.to));
+        self.engine
+            .tier_changed(Scope::Managed, &self.task, change, cause, now_ns);
+    }
+}
+
+impl<F: Future> Isolated for TaskCore<F> {
+    type Output = F::Output;
+
+    /// Polls on an isolation pool thread: measured as on the workers, with
+    /// no further intervention there.
+    fn poll_isolated(&mut self, cx: &mut Context<'_>) -> PoolPoll<F::Output> {
+        if self.tier() < Tier::Isolate {
+            return PoolPoll::Demoted;
+        }
+        match self.poll_measured(cx, Tier::Isolate) {
+            Poll::Ready(out) => PoolPoll::Ready(out),
+            // Demoted by this very poll: go home now rather than at the
+            // next wake-up.
+            Poll::Pending if self.tier() < Tier::Isolate => PoolPoll::Demoted,
+            Poll::Pending => PoolPoll::Pending,
         }
     }
 }

@@ -72,6 +72,78 @@ impl fmt::Display for Tier {
     }
 }
 
+/// One value per [`Tier`], indexed by the tier.
+///
+/// ```
+/// use tokio_pulse::{PerTier, Tier};
+///
+/// let mut seen = PerTier::<u64>::default();
+/// seen[Tier::Warn] += 2;
+/// assert_eq!(seen[Tier::Warn], 2);
+/// assert_eq!(seen[Tier::Warn.index()], 2); // also by position
+/// assert_eq!(seen.iter().sum::<u64>(), 2);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerTier<T>([T; 4]);
+
+impl<T> PerTier<T> {
+    /// A value for each tier, from `f`.
+    pub fn from_fn(mut f: impl FnMut(Tier) -> T) -> Self {
+        PerTier(Tier::ALL.map(&mut f))
+    }
+
+    /// The values, from `Monitor` to `Isolate`.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// Each tier with its value, from `Monitor` to `Isolate`.
+    pub fn tiers(&self) -> impl Iterator<Item = (Tier, &T)> {
+        Tier::ALL.into_iter().zip(&self.0)
+    }
+}
+
+impl PerTier<usize> {
+    /// How many of `tiers` are in each tier.
+    pub(crate) fn tally(tiers: impl IntoIterator<Item = Tier>) -> Self {
+        let mut counts = PerTier::default();
+        tiers.into_iter().for_each(|t| counts[t] += 1);
+        counts
+    }
+}
+
+impl<T> std::ops::Index<Tier> for PerTier<T> {
+    type Output = T;
+
+    fn index(&self, tier: Tier) -> &T {
+        &self.0[tier.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Tier> for PerTier<T> {
+    fn index_mut(&mut self, tier: Tier) -> &mut T {
+        &mut self.0[tier.index()]
+    }
+}
+
+/// By position, as [`Tier::index`] gives it. Panics past 3, like an array.
+impl<T> std::ops::Index<usize> for PerTier<T> {
+    type Output = T;
+
+    fn index(&self, index: usize) -> &T {
+        &self.0[index]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerTier<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// A tier change decided by [`Escalation::on_poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TierChange {

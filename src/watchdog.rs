@@ -1,83 +1,77 @@
-//! The stuck-poll watchdog.
+//! The stuck-poll watchdog: finding polls that have run too long, and
+//! reporting them while they still run.
 //!
-//! A plain OS thread, not a Tokio task: a stuck poll may hold every worker,
-//! and the watchdog must still run. It wakes every quarter of its threshold
-//! and reads the thread slots that managed polls publish their start stamp
-//! in (see `context`); the poll path does no more than two relaxed stores
-//! for it. A poll found running past the threshold is reported once, while
-//! it is still running: a `tracing` error naming the task and its spawn
-//! site, a counter, an entry in `Pulse::snapshot()`, and a request that
-//! the task's next poll be isolated.
+//! The engine runs [`scan`] on a plain OS thread, not a Tokio task: a stuck
+//! poll may hold every worker, and the watchdog must still run. It reads
+//! the thread slots that managed polls publish their start in (see
+//! `context`). A poll found running past the threshold is reported once,
+//! while it is still running: a `tracing` error naming the task and its
+//! spawn site, a counter, an entry in `Pulse::snapshot()`, and a request
+//! that the task's next poll be isolated.
 //!
 //! Capturing the stuck thread's backtrace is not done: Rust cannot walk
-//! another thread's stack without signal-handler tricks that are unsound
-//! in general. The report names the thread instead.
+//! another thread's stack without signal-handler tricks. The report names
+//! the thread instead.
 
-use std::sync::Weak;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::context::{self, CurrentPoll, ThreadSlot};
-use crate::pulse::PulseShared;
+use crate::registry::Registry;
 use crate::snapshot::StuckPoll;
+use crate::stats::PulseStats;
 use crate::task::TaskId;
 use crate::tier::Tier;
-use crate::timing::{as_nanos, clock, nanos};
-
-/// Starts the watchdog of one `Pulse`. The thread ends within one period
-/// after the `Pulse` and all its tasks are gone. The threshold is re-read
-/// each period, so `Pulse::reconfigure` can change it.
-pub(crate) fn start(pulse: Weak<PulseShared>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("pulse-watchdog".into())
-        .spawn(move || {
-            loop {
-                let threshold = match pulse.upgrade() {
-                    Some(p) => p.config.load().interventions.watchdog_threshold,
-                    None => return,
-                };
-                let Some(threshold) = threshold else { return };
-                std::thread::sleep(period(threshold));
-                let Some(pulse) = pulse.upgrade() else {
-                    return;
-                };
-                scan(&pulse, as_nanos(threshold));
-            }
-        })
-        .map(drop)
-}
+use crate::timing::{as_nanos, clock};
 
 /// How often to look: a quarter of the threshold, so a stuck poll is
 /// reported at most 25 % late.
-fn period(threshold: Duration) -> Duration {
+pub(crate) fn period(threshold: Duration) -> Duration {
     (threshold / 4).clamp(Duration::from_millis(1), Duration::from_millis(250))
 }
 
-/// Reports every poll of this `Pulse`'s tasks running past the threshold.
-fn scan(pulse: &PulseShared, threshold_ns: u64) {
-    let now = clock().now_ns();
+/// Calls `f` with each poll of `pulse_id`'s tasks that has been running
+/// for at least `min_ns` at `now_ns`, and the slot it runs in.
+fn for_each_running(
+    pulse_id: u64,
+    min_ns: u64,
+    now_ns: u64,
+    mut f: impl FnMut(&ThreadSlot, CurrentPoll, u64),
+) {
     context::for_each_slot(|slot| {
         let Some(poll) = slot.read() else { return };
-        if poll.pulse_id != pulse.id || now.saturating_sub(poll.start_ns) < threshold_ns {
-            return;
+        let running_ns = now_ns.saturating_sub(poll.start_ns);
+        if poll.pulse_id == pulse_id && running_ns >= min_ns {
+            f(slot, poll, running_ns);
         }
-        if slot
-            .reported_start_ns
-            .swap(poll.start_ns, std::sync::atomic::Ordering::Relaxed)
-            == poll.start_ns
-        {
-            return; // this poll was reported already
-        }
-        report(pulse, slot, poll, now);
     });
 }
 
-fn report(pulse: &PulseShared, slot: &ThreadSlot, poll: CurrentPoll, now: u64) {
-    let Some(task) = pulse.registry.get(TaskId(poll.task_id)) else {
+/// Reports every poll of `pulse_id`'s tasks running past `threshold_ns`
+/// that was not reported before.
+pub(crate) fn scan(pulse_id: u64, threshold_ns: u64, registry: &Registry, stats: &PulseStats) {
+    let now = clock().now_ns();
+    for_each_running(pulse_id, threshold_ns, now, |slot, poll, running_ns| {
+        if slot.reported_start_ns.swap(poll.start_ns, Relaxed) == poll.start_ns {
+            return; // this poll was reported already
+        }
+        report(registry, stats, slot, poll, running_ns);
+    });
+}
+
+fn report(
+    registry: &Registry,
+    stats: &PulseStats,
+    slot: &ThreadSlot,
+    poll: CurrentPoll,
+    running_ns: u64,
+) {
+    let Some(task) = registry.get(TaskId(poll.task_id)) else {
         return; // ended in the meantime
     };
     task.record_stuck();
-    pulse.stats.watchdog_report();
-    let running_ms = now.saturating_sub(poll.start_ns) / 1_000_000;
+    stats.watchdog_report();
+    let running_ms = running_ns / 1_000_000;
     let consequence = if task.tier() < Tier::Isolate {
         task.force_tier(Tier::Isolate);
         "the task will be isolated at its next poll"
@@ -94,22 +88,20 @@ fn report(pulse: &PulseShared, slot: &ThreadSlot, poll: CurrentPoll, now: u64) {
     );
 }
 
-/// Polls of this `Pulse`'s tasks running now for at least `min`.
-pub(crate) fn running_polls(pulse: &PulseShared, min: Duration) -> Vec<StuckPoll> {
-    let now = clock().now_ns();
-    let min_ns = as_nanos(min);
+/// Polls of `pulse_id`'s tasks running now for at least `min`.
+pub(crate) fn stuck_polls(pulse_id: u64, min: Duration) -> Vec<StuckPoll> {
     let mut found = Vec::new();
-    context::for_each_slot(|slot| {
-        if let Some(poll) = slot.read() {
-            let running_ns = now.saturating_sub(poll.start_ns);
-            if poll.pulse_id == pulse.id && running_ns >= min_ns {
-                found.push(StuckPoll {
-                    task: TaskId(poll.task_id),
-                    running_for: nanos(running_ns),
-                    thread: slot.thread_name.clone(),
-                });
-            }
-        }
-    });
+    for_each_running(
+        pulse_id,
+        as_nanos(min),
+        clock().now_ns(),
+        |slot, poll, running_ns| {
+            found.push(StuckPoll {
+                task: TaskId(poll.task_id),
+                running_for: Duration::from_nanos(running_ns),
+                thread: slot.thread_name.clone(),
+            });
+        },
+    );
     found
 }

@@ -22,7 +22,8 @@ async fn scraped_series_show_a_hog_and_keep_moving() {
     pulse.set_hooks(hooks);
     let publisher = MetricsPublisher::new(&pulse)
         .period(Duration::from_millis(20))
-        .spawn();
+        .spawn()
+        .unwrap();
 
     let hog = pulse.spawn_named("hog", async {
         loop {
@@ -128,7 +129,7 @@ async fn scraped_series_show_a_hog_and_keep_moving() {
         .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    assert_eq!(buckets.len(), tokio_pulse::POLL_TIME_BUCKETS);
+    assert_eq!(buckets.len(), tokio_pulse::PollHistogram::BUCKETS);
     assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
     assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, polls));
     assert_eq!(
