@@ -3,9 +3,11 @@
 //! A 2-worker runtime. The probe (plain `tokio::spawn`) sleeps to 1 ms
 //! deadlines and records how late it wakes. Beside it: 8 "polite" hogs
 //! (spin 2 ms, then `yield_now`, forever) and 1 "blocker" (spin 25 ms in
-//! one poll, then sleep 25 ms). Run three ways: an idle runtime (probe
-//! alone), plain Tokio (hogs via `tokio::spawn`), and tokio-pulse (hogs via
-//! `pulse.spawn`, default configuration).
+//! one poll, then sleep 25 ms). Run four ways: an idle runtime (probe
+//! alone), plain Tokio (hogs via `tokio::spawn`), tokio-pulse (hogs via
+//! `pulse.spawn`, default configuration), and tokio-pulse with isolation
+//! off (`max_tier(Tier::Yield)`: the slow lane alone, as for futures that
+//! cannot move).
 //!
 //! `cargo run --release --example starvation [seconds per run, default 5]`
 //!
@@ -18,13 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tokio_pulse::Pulse;
+use tokio_pulse::{Pulse, Tier};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Idle,
     Plain,
     Pulse,
+    SlowLane,
 }
 
 struct Outcome {
@@ -49,7 +52,13 @@ fn run(mode: Mode, secs: f64) -> Outcome {
         .enable_all()
         .build()
         .expect("runtime");
-    let pulse = Pulse::new();
+    let pulse = match mode {
+        Mode::SlowLane => Pulse::builder()
+            .max_tier(Tier::Yield)
+            .build()
+            .expect("valid configuration"),
+        _ => Pulse::new(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let work = Arc::new(AtomicU64::new(0));
     let lateness = rt.block_on(async {
@@ -59,10 +68,10 @@ fn run(mode: Mode, secs: f64) -> Outcome {
                              fut: std::pin::Pin<
                     Box<dyn std::future::Future<Output = ()> + Send>,
                 >| {
-                    if mode == Mode::Pulse {
-                        pulse.spawn_named(name, fut)
-                    } else {
+                    if mode == Mode::Plain {
                         tokio::spawn(fut)
+                    } else {
+                        pulse.spawn_named(name, fut)
                     }
                 };
             for _ in 0..8 {
@@ -155,12 +164,14 @@ fn main() {
     let idle = run(Mode::Idle, secs);
     let plain = run(Mode::Plain, secs);
     let pulse = run(Mode::Pulse, secs);
+    let lane = run(Mode::SlowLane, secs);
     println!("| runtime | probe p50 | probe p99 | probe max | samples | hog work (ms) |");
     println!("|---|---|---|---|---|---|");
     for (name, o) in [
         ("idle", &idle),
         ("plain tokio", &plain),
         ("tokio-pulse", &pulse),
+        ("tokio-pulse, slow lane only", &lane),
     ] {
         println!(
             "| {name} | {} | {} | {} | {} | {} |",
@@ -181,5 +192,10 @@ fn main() {
     println!(
         "hog work vs plain tokio: tokio-pulse {:.0} % (goal >= 80 %)",
         100.0 * pulse.hog_work_ms as f64 / plain.hog_work_ms.max(1) as f64
+    );
+    println!(
+        "slow lane only: p99 {:.1}x better than plain tokio's, {:.0} % of its hog work",
+        ratio(plain.p99, lane.p99),
+        100.0 * lane.hog_work_ms as f64 / plain.hog_work_ms.max(1) as f64
     );
 }

@@ -1,7 +1,7 @@
 //! Thin, public wrappers around crate-private hot-path operations, so the
 //! criterion benches in `benches/` can time each one on its own.
 //!
-//! Compiled only with the `bench-internals` feature and hidden from the docs:
+//! Compiled only with `RUSTFLAGS="--cfg pulse_bench"` and hidden from the docs:
 //! nothing here is API. Every wrapper is `#[inline]` so that a bench times the
 //! operation as it is compiled into the poll path, not a call into this module.
 

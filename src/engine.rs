@@ -337,6 +337,7 @@ fn lane_quantum_ns(config: &Config) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PulseBuilder;
     use crate::fault::tests::with_thread_spawns_refused;
     use std::sync::Barrier;
     use std::time::Duration;
@@ -344,7 +345,7 @@ mod tests {
     /// Rounds of two racing `reconfigure` calls.
     const ROUNDS: usize = 10_000;
 
-    fn config(builder: crate::PulseBuilder) -> Config {
+    fn config(builder: PulseBuilder) -> Config {
         builder.config().unwrap()
     }
 
@@ -369,14 +370,14 @@ mod tests {
     #[test]
     fn concurrent_reconfigures_leave_the_pulse_wide_settings_of_the_config_in_force() {
         let a = || {
-            crate::Pulse::builder()
+            PulseBuilder::new()
                 .without_watchdog()
                 .slow_lane_slots(1)
                 .slow_poll_threshold(Duration::from_millis(1))
                 .max_warnings_per_second(10)
         };
         let b = || {
-            crate::Pulse::builder()
+            PulseBuilder::new()
                 .without_watchdog()
                 .slow_lane_slots(3)
                 .slow_poll_threshold(Duration::from_millis(7))
@@ -443,7 +444,7 @@ mod tests {
         let engine = Engine::start(Config::default());
         assert_eq!(engine.health().watchdog, Component::Running);
         assert_eq!(engine.health().isolation_pool, Component::NotStarted);
-        let off = Engine::start(config(crate::Pulse::builder().without_watchdog()));
+        let off = Engine::start(config(PulseBuilder::new().without_watchdog()));
         assert_eq!(off.health().watchdog, Component::Disabled);
     }
 }

@@ -4,10 +4,10 @@
 //! hooks pays about a nanosecond per poll for the feature.
 //!
 //! The hooks themselves sit behind [`arc_swap`], which frees a replaced hook
-//! object only once nothing uses it: the design document's bare `AtomicPtr`
+//! object only once nothing uses it: a bare `AtomicPtr`
 //! swap either leaked the old hooks or freed them under a concurrent reader.
-//! An `arc_swap` load costs two atomic read-modify-writes, though, ~20 ns
-//! each here, and a hooked poll calls hooks twice; so each thread keeps the
+//! An `arc_swap` load costs two atomic read-modify-writes, though, and a
+//! hooked poll calls hooks twice; so each thread keeps the
 //! hooks it last used in a thread-local cache, tagged with the slot's
 //! generation, and a hooked poll costs one atomic load and a compare unless
 //! the hooks have changed. The price: a thread lets go of replaced hooks at

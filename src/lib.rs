@@ -60,7 +60,7 @@
 //!
 //! Per poll of a well-behaved managed task: two TSC reads and a few relaxed
 //! atomic loads and stores on the task's own state; no allocation, lock or
-//! map lookup. Thread CPU time (a ~200 ns syscall-class read) is only read
+//! map lookup. Thread CPU time (a system call) is only read
 //! around polls of tasks already at `Warn` or above.
 //!
 //! # Seeing it in a service

@@ -31,11 +31,9 @@
 //! relaxed stores to the task's counters. The tier state machine (behind a
 //! try-lock) only runs for polls long enough to count against the budget,
 //! or for tasks already at `Warn`. Spawning a task adds an allocation and
-//! a shard-locked insert. Example `runtime_hooks_cost` measures it; on the
-//! 2-core VM this was written on (current-thread runtime, 1000 tasks that
-//! only yield) it adds ~50 ns to each poll, against ~45 ns for a managed
-//! future's wrapper in the same run and ~2 ns for Tokio calling empty
-//! hooks.
+//! a shard-locked insert. Example `runtime_hooks_cost` measures it against
+//! a managed future's wrapper and against Tokio calling empty hooks; the
+//! figures are in BENCHMARKS.md.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;

@@ -111,7 +111,8 @@ pub struct TaskSnapshot {
     /// Thread CPU time of the long polls made while the task was a suspect
     /// (tier `Warn` or above): polls following one of at least a quarter of
     /// the slow-poll threshold. Zero for a task that has always behaved,
-    /// because reading CPU time costs ~250 ns and is not done for it, nor
+    /// because reading CPU time costs a system call (see BENCHMARKS.md) and
+    /// is not done for it, nor
     /// for a suspect's short polls. Much less than the wall time of the
     /// same polls means the task was blocking its worker rather than
     /// computing.

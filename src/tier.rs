@@ -188,7 +188,7 @@ impl Escalation {
     /// Whether to read thread CPU time around the next poll: only for a
     /// suspect (`Warn` and above) whose last poll was long enough to be
     /// charged. CPU time tells a hog from a blocker, which only matters for
-    /// long polls, and a read costs a system call (~250 ns here): reading it
+    /// long polls, and a read costs a system call (see `timing::cpu`): reading it
     /// around every poll of a suspect made its short polls cost over ten
     /// times a well-behaved task's. A task whose polls are long keeps being
     /// measured; one that has gone back to short polls pays nothing.

@@ -1,14 +1,15 @@
 //! Thread CPU time, per platform.
 //!
-//! | platform | source | cost here |
-//! |---|---|---|
-//! | Linux, macOS, BSDs | `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` | ~200 ns (not vDSO-accelerated) |
-//! | Windows | `GetThreadTimes` (100 ns units) | untested here |
-//! | elsewhere | none: [`thread_cpu_ns`] returns `None` | - |
+//! | platform | source |
+//! |---|---|
+//! | Linux, macOS, BSDs | `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`: a system call, not vDSO-accelerated |
+//! | Windows | `GetThreadTimes` (100 ns units), untested here |
+//! | elsewhere | none: [`thread_cpu_ns`] returns `None` |
 //!
-//! Because of that cost the engine reads it only around long polls of
-//! suspect tasks (tier `Warn` and above), never on a well-behaved task's
-//! poll (see `Escalation::measures_cpu`).
+//! A read costs a system call (measured in BENCHMARKS.md, "CPU time"), so
+//! the engine reads it only around long polls of suspect tasks (tier `Warn`
+//! and above), never on a well-behaved task's poll (see
+//! `Escalation::measures_cpu`).
 
 /// CPU time consumed by the calling thread, in nanoseconds, if the platform
 /// can tell.
