@@ -90,7 +90,7 @@ impl TierMachine {
     pub fn new(now_ns: u64) -> Self {
         TierMachine {
             policy: default_policy(),
-            escalation: Escalation::new(now_ns),
+            escalation: Escalation::starting_at(Tier::Monitor, now_ns),
         }
     }
 
@@ -100,7 +100,8 @@ impl TierMachine {
         self.escalation.tier()
     }
 
-    /// Feeds one poll to the state machine; true when the tier changed.
+    /// Feeds one poll to the state machine; true when it closed a window
+    /// that changed the tier or was bad.
     #[inline]
     pub fn on_poll(&mut self, start_ns: u64, end_ns: u64) -> bool {
         self.escalation

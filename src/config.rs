@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::budget::BudgetLimits;
 use crate::isolation::IsolationPriority;
+use crate::origins::OriginSettings;
 use crate::tier::{EscalationPolicy, Tier};
 use crate::timing::as_nanos;
 
@@ -48,6 +49,10 @@ impl Profile {
             max_tier: Tier::Isolate,
             max_warnings_per_second: 100,
             interventions: Interventions::default(),
+            origins: Some(OriginSettings {
+                capacity: DEFAULT_ORIGIN_CAPACITY,
+                clean_tasks: clean,
+            }),
         }
     }
 }
@@ -116,6 +121,8 @@ pub(crate) struct Config {
     pub max_tier: Tier,
     pub max_warnings_per_second: u32,
     pub interventions: Interventions,
+    /// `None`: origins are not remembered.
+    pub origins: Option<OriginSettings>,
 }
 
 /// How the `Yield` and `Isolate` tiers and the watchdog act.
@@ -147,6 +154,14 @@ pub const DEFAULT_WATCHDOG_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// Most isolation threads a pool may have.
 const MAX_ISOLATION_THREADS: usize = 1024;
+
+/// Origins remembered by default: far more offending spawn sites and
+/// routes than a service has, and a bound (a few hundred KiB) on what names
+/// of unbounded cardinality can take.
+const DEFAULT_ORIGIN_CAPACITY: usize = 1024;
+
+/// Most origins a `Pulse` may remember.
+const MAX_ORIGIN_CAPACITY: usize = 1 << 16;
 
 impl Config {
     pub(crate) fn escalation_policy(&self, max_tier: Tier) -> EscalationPolicy {
@@ -242,6 +257,25 @@ impl Config {
                 });
             }
         }
+        if let Some(o) = &self.origins {
+            if o.capacity == 0 {
+                return Err(ConfigError::Zero {
+                    field: "origin_memory_capacity",
+                });
+            }
+            if o.capacity > MAX_ORIGIN_CAPACITY {
+                return Err(ConfigError::OutOfRange {
+                    field: "origin_memory_capacity",
+                    value: o.capacity.to_string(),
+                    rule: "at most 65536",
+                });
+            }
+            if o.clean_tasks == 0 {
+                return Err(ConfigError::Zero {
+                    field: "origin_clean_tasks",
+                });
+            }
+        }
         if let Some(threshold) = i.watchdog_threshold {
             if threshold <= self.slow_poll_threshold {
                 return Err(ConfigError::Inconsistent {
@@ -300,6 +334,8 @@ struct Overrides {
     isolation_threads: Option<usize>,
     isolation_priority: Option<IsolationPriority>,
     watchdog_threshold: Option<Option<Duration>>,
+    origin_capacity: Option<Option<usize>>,
+    origin_clean_tasks: Option<u32>,
 }
 
 impl PulseBuilder {
@@ -411,8 +447,40 @@ impl PulseBuilder {
         self
     }
 
+    /// How many origins (spawn sites and task names, see
+    /// [`Origin`](crate::Origin)) whose tasks misbehaved are remembered at
+    /// once, so that their new tasks start at the tier they earned.
+    /// Default 1024, from 1 to 65536; fixed once the `Pulse` is built.
+    /// Well-behaved origins take no room.
+    pub fn origin_memory_capacity(mut self, origins: usize) -> Self {
+        self.overrides.origin_capacity = Some(Some(origins));
+        self
+    }
+
+    /// Tasks of a remembered origin that must end in a row without
+    /// misbehaving before its new tasks start one tier lower: the
+    /// hysteresis of origin memory. Default: the profile's
+    /// `clean_windows_to_demote` (10 for `Balanced`). At least 1.
+    pub fn origin_clean_tasks(mut self, tasks: u32) -> Self {
+        self.overrides.origin_clean_tasks = Some(tasks);
+        self
+    }
+
+    /// Turns origin memory off: every task starts at `Monitor` and is
+    /// judged alone, whatever its spawn site or name did before.
+    pub fn without_origin_memory(mut self) -> Self {
+        self.overrides.origin_capacity = Some(None);
+        self
+    }
+
     pub(crate) fn config(&self) -> Result<Config, ConfigError> {
         let o = &self.overrides;
+        // Checked even with origin memory off, so a zero is never accepted.
+        if o.origin_clean_tasks == Some(0) {
+            return Err(ConfigError::Zero {
+                field: "origin_clean_tasks",
+            });
+        }
         let d = self.profile.defaults();
         let config = Config {
             slow_poll_threshold: o.slow_poll_threshold.unwrap_or(d.slow_poll_threshold),
@@ -447,6 +515,15 @@ impl PulseBuilder {
                     .watchdog_threshold
                     .unwrap_or(d.interventions.watchdog_threshold),
             },
+            origins: o
+                .origin_capacity
+                .unwrap_or(d.origins.map(|d| d.capacity))
+                .map(|capacity| OriginSettings {
+                    capacity,
+                    clean_tasks: o
+                        .origin_clean_tasks
+                        .unwrap_or(d.origins.map_or(1, |d| d.clean_tasks)),
+                }),
         };
         config.validate()?;
         Ok(config)

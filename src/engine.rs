@@ -20,6 +20,7 @@ use crate::fault::{self, catch};
 use crate::hooks::{Hook, HookSlot};
 use crate::isolation::IsolationPool;
 use crate::observe::{self, ChangeCause, RateLimiter};
+use crate::origins::{OriginChange, OriginMemory, OriginRef};
 use crate::registry::Registry;
 use crate::slow_lane::SlowLane;
 use crate::snapshot::{Snapshot, TaskSnapshot};
@@ -52,6 +53,8 @@ pub(crate) struct Engine {
     /// Started when the first task is isolated.
     pool: OnceLock<Result<IsolationPool, String>>,
     watchdog: Mutex<Component>,
+    /// How tasks from each origin behaved; `None` when turned off.
+    origins: Option<OriginMemory>,
     /// Tasks observed through Tokio's task hooks, not managed.
     #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
     pub runtime: crate::runtime_tasks::RuntimeTasks,
@@ -119,6 +122,7 @@ impl Engine {
             stats: PulseStats::default(),
             pool: OnceLock::new(),
             watchdog: Mutex::new(Component::Disabled),
+            origins: config.origins.map(OriginMemory::new),
             reconfiguring: Mutex::new(()),
             generation: AtomicU64::new(0),
             config: ArcSwap::from_pointee(config),
@@ -156,6 +160,33 @@ impl Engine {
         (self.config().escalation_policy(max_tier), generation)
     }
 
+    /// The tier a new task from `origin` starts at: the one its origin
+    /// earned (see `origins`), `Monitor` for an origin never seen to
+    /// misbehave.
+    #[inline]
+    pub(crate) fn starting_tier(&self, origin: OriginRef<'_>) -> Tier {
+        self.origins
+            .as_ref()
+            .map_or(Tier::Monitor, |o| o.start(origin).tier)
+    }
+
+    /// A managed task misbehaved (a bad window, or a stuck poll) and now
+    /// stands at `reached`: its origin remembers.
+    #[cold]
+    pub(crate) fn task_offended(&self, task: &TaskShared, reached: Tier, now_ns: u64) {
+        let first = task.mark_offended();
+        if let Some(origins) = &self.origins {
+            if let Some(change) = origins.offended(task.origin(), reached, first) {
+                self.origin_changed(&change, now_ns);
+            }
+        }
+    }
+
+    #[cold]
+    fn origin_changed(&self, change: &OriginChange, now_ns: u64) {
+        let _ = catch(|| observe::origin_changed(change, &self.warnings, now_ns));
+    }
+
     /// A managed task starts.
     pub(crate) fn register(&self, task: Arc<TaskShared>) {
         self.registry.insert(task);
@@ -166,6 +197,13 @@ impl Engine {
     pub(crate) fn task_ended(&self, task: &TaskShared) {
         self.registry.remove(task.id);
         self.stats.task_ended(&task.counters());
+        if let Some(origins) = &self.origins {
+            if !task.offended() {
+                if let Some(change) = origins.behaved(task.origin()) {
+                    self.origin_changed(&change, clock().now_ns());
+                }
+            }
+        }
         if self.hooks.is_installed() {
             let info = TaskInfo { shared: task };
             self.hooks.call(Hook::TaskEnd, |h| h.on_task_end(&info));
@@ -204,6 +242,15 @@ impl Engine {
         }
     }
 
+    /// Remembered origins per starting tier (none when turned off).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn origin_tier_counts(&self) -> crate::tier::PerTier<usize> {
+        self.origins
+            .as_ref()
+            .map(OriginMemory::tier_counts)
+            .unwrap_or_default()
+    }
+
     /// Live managed tasks per tier.
     #[cfg(feature = "metrics")]
     pub(crate) fn tier_counts(&self) -> crate::tier::PerTier<usize> {
@@ -223,6 +270,9 @@ impl Engine {
             .for_each(|task| snapshot.tasks.push(TaskSnapshot::of(task)));
         if let Some(threshold) = self.config().interventions.watchdog_threshold {
             snapshot.stuck = watchdog::stuck_polls(self.id, threshold);
+        }
+        if let Some(origins) = &self.origins {
+            snapshot.origins = origins.snapshot();
         }
         #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
         self.runtime.snapshot_into(&mut snapshot);
@@ -257,6 +307,14 @@ impl Engine {
                 "without_watchdog",
                 o.watchdog_threshold.is_some() != n.watchdog_threshold.is_some(),
             ),
+            (
+                "without_origin_memory",
+                old.origins.is_some() != new.origins.is_some(),
+            ),
+            (
+                "origin_memory_capacity",
+                old.origins.map(|o| o.capacity) != new.origins.map(|o| o.capacity),
+            ),
         ];
         if let Some((field, _)) = fixed.into_iter().find(|(_, changed)| *changed) {
             return Err(ConfigError::NotReloadable { field });
@@ -264,6 +322,9 @@ impl Engine {
         self.lane.set_slots(n.slow_lane_slots);
         self.lane.set_quantum_ns(lane_quantum_ns(&new));
         self.warnings.set_max(new.max_warnings_per_second);
+        if let (Some(memory), Some(settings)) = (&self.origins, new.origins) {
+            memory.set_clean_tasks(settings.clean_tasks);
+        }
         self.config.store(Arc::new(new));
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())

@@ -95,6 +95,7 @@ mod integrations;
 mod isolation;
 mod managed;
 mod observe;
+mod origins;
 mod pulse;
 mod registry;
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
@@ -127,10 +128,11 @@ pub use hooks::{PollReport, PreemptionHooks};
 #[cfg(feature = "metrics")]
 pub use integrations::metrics::{MetricsPublisher, PublisherError, PublisherHandle};
 #[cfg(feature = "tower")]
-pub use integrations::tower::{Fixed, NameRequest, PulseLayer, PulseService};
+pub use integrations::tower::{Fixed, Isolating, Local, NameRequest, PulseLayer, PulseService};
 pub use isolation::IsolationPriority;
 pub use managed::Managed;
-pub use pulse::{Pulse, PulseExt};
+pub use origins::{Origin, OriginSnapshot};
+pub use pulse::{Pulse, PulseExt, SetDefaultError, spawn, spawn_named};
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 pub use runtime_hooks::RuntimeHooks;
 pub use snapshot::{Snapshot, StuckPoll, TaskSnapshot};

@@ -92,6 +92,7 @@ impl<F: Future> Managed<F> {
         future: F,
         isolator: Option<Isolator<F>>,
     ) -> Self {
+        let start = engine.starting_tier(task.origin());
         engine.register(Arc::clone(&task));
         let max_tier = if isolator.is_some() {
             Tier::Isolate
@@ -112,6 +113,7 @@ impl<F: Future> Managed<F> {
                 Arc::clone(&task),
                 future,
                 max_tier,
+                start,
             )),
             task,
             engine,

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::origins::OriginChange;
 use crate::task::TaskShared;
 use crate::tier::TierChange;
 
@@ -126,5 +127,32 @@ mod tests {
         let allowed = (0..10).filter(|i| l.allow(5 * s + i)).count();
         assert_eq!(allowed, 3);
         assert!(l.allow(6 * s));
+    }
+}
+
+/// Emits the event of an origin's change of starting tier: a warning when
+/// its tasks will start higher (rate-limited with the tier warnings), an
+/// `info` when they will start lower.
+pub(crate) fn origin_changed(c: &OriginChange, limiter: &RateLimiter, now_ns: u64) {
+    let (origin, to, offenders) = (&c.origin, c.change.to, c.offenders);
+    if c.change.to > c.change.from {
+        if !limiter.allow(now_ns) {
+            return;
+        }
+        tracing::warn!(
+            origin = %origin,
+            tier = to.as_str(),
+            from = c.change.from.as_str(),
+            offenders,
+            "new tasks from {origin} now start at {to}: {offenders} of its tasks misbehaved",
+        );
+    } else {
+        tracing::info!(
+            origin = %origin,
+            tier = to.as_str(),
+            from = c.change.from.as_str(),
+            offenders,
+            "new tasks from {origin} now start at {to} after its tasks behaved",
+        );
     }
 }

@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::panic::Location;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinHandle;
 
@@ -208,8 +209,13 @@ impl Default for Pulse {
 /// Wraps any future so that it is managed by a [`Pulse`] while some other
 /// spawner runs it: a `LocalSet`, a `JoinSet`, `block_on`, a `select!`.
 ///
-/// Such a future may not be `Send`, so it can never move to the isolation
-/// pool: its tier is capped at [`Tier::Yield`](crate::Tier::Yield).
+/// [`pulse`](PulseExt::pulse) takes any future, `Send` or not, and never
+/// moves it: its tier is capped at [`Tier::Yield`](crate::Tier::Yield).
+/// [`pulse_send`](PulseExt::pulse_send) takes a `Send + 'static` future,
+/// which can move to the isolation pool like a task spawned with
+/// [`Pulse::spawn`]: whatever polls the wrapper (a `JoinSet`, a `select!`)
+/// then waits while the pool polls the future, and gets its output, panic
+/// or cancellation as if it had polled it itself.
 ///
 /// ```
 /// use tokio_pulse::{Pulse, PulseExt};
@@ -240,6 +246,151 @@ pub trait PulseExt: Future + Sized {
     fn pulse_named(self, pulse: &Pulse, name: impl Into<Cow<'static, str>>) -> Managed<Self> {
         pulse.manage(Some(name.into()), Location::caller(), self, None)
     }
+
+    /// Manages this `Send` future under `pulse`, able to move to the
+    /// isolation pool (up to [`Tier::Isolate`](crate::Tier::Isolate)).
+    ///
+    /// ```
+    /// use tokio_pulse::{Pulse, PulseExt};
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() {
+    /// let pulse = Pulse::new();
+    /// let mut set = tokio::task::JoinSet::new();
+    /// set.spawn(async { 6 * 7 }.pulse_send(&pulse));
+    /// assert_eq!(set.join_next().await.unwrap().unwrap(), 42);
+    /// # }
+    /// ```
+    #[track_caller]
+    fn pulse_send(self, pulse: &Pulse) -> Managed<Self>
+    where
+        Self: Send + 'static,
+        Self::Output: Send + 'static,
+    {
+        pulse.manage(None, Location::caller(), self, Some(isolator::<Self>()))
+    }
+
+    /// Like [`pulse_send`](PulseExt::pulse_send), with a name.
+    #[track_caller]
+    fn pulse_send_named(
+        self,
+        pulse: &Pulse,
+        name: impl Into<Cow<'static, str>>,
+    ) -> Managed<Self>
+    where
+        Self: Send + 'static,
+        Self::Output: Send + 'static,
+    {
+        pulse.manage(
+            Some(name.into()),
+            Location::caller(),
+            self,
+            Some(isolator::<Self>()),
+        )
+    }
 }
 
 impl<F: Future> PulseExt for F {}
+
+/// The process-wide default `Pulse`, used by [`spawn`] and [`spawn_named`].
+static GLOBAL_DEFAULT: OnceLock<Pulse> = OnceLock::new();
+
+/// [`Pulse::set_global_default`] was called when a default was set already.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetDefaultError;
+
+impl std::fmt::Display for SetDefaultError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "a global default Pulse is already set; `Pulse::set_global_default` succeeds once per process",
+        )
+    }
+}
+
+impl std::error::Error for SetDefaultError {}
+
+impl Pulse {
+    /// Makes this `Pulse` (a clone of the handle) the process-wide default
+    /// that [`tokio_pulse::spawn`](spawn) and [`spawn_named`] use. Call it
+    /// once, at start-up, before the first spawn.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let pulse = tokio_pulse::Pulse::new();
+    /// pulse.set_global_default().expect("set once");
+    /// // Anywhere in the program, where `tokio::spawn` was:
+    /// let answer = tokio_pulse::spawn(async { 6 * 7 });
+    /// assert_eq!(answer.await.unwrap(), 42);
+    /// assert_eq!(pulse.totals().tasks_spawned, 1);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SetDefaultError`] if a default was set before; it stays in place.
+    pub fn set_global_default(&self) -> Result<(), SetDefaultError> {
+        let mut ours = Some(self.clone());
+        GLOBAL_DEFAULT.get_or_init(|| ours.take().expect("taken once"));
+        match ours {
+            None => Ok(()),
+            Some(_) => Err(SetDefaultError),
+        }
+    }
+
+    /// The process-wide default, if [`set_global_default`](Pulse::set_global_default)
+    /// was called.
+    pub fn global_default() -> Option<&'static Pulse> {
+        GLOBAL_DEFAULT.get()
+    }
+}
+
+/// Spawns `future` as a managed task of the global default [`Pulse`]: a
+/// drop-in replacement for [`tokio::spawn`] (same bounds, same
+/// `JoinHandle`, and it panics outside a runtime as `tokio::spawn` does).
+///
+/// With no default set (see [`Pulse::set_global_default`]) it spawns with
+/// `tokio::spawn`, unmanaged, and says so once per process with a
+/// `tracing` warning, so that a missing set-up shows without breaking
+/// anything. The caller's location is the task's spawn site.
+#[track_caller]
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Pulse::global_default() {
+        Some(pulse) => pulse.spawn(future),
+        None => spawn_unmanaged(future),
+    }
+}
+
+/// Like [`spawn`], with a name that shows in snapshots and events and that
+/// the task's behaviour is remembered by (see [`Origin`](crate::Origin)).
+#[track_caller]
+pub fn spawn_named<F>(name: impl Into<Cow<'static, str>>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Pulse::global_default() {
+        Some(pulse) => pulse.spawn_named(name, future),
+        None => spawn_unmanaged(future),
+    }
+}
+
+#[track_caller]
+fn spawn_unmanaged<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            location = %Location::caller(),
+            "tokio_pulse::spawn: no global default Pulse is set, so tasks are spawned unmanaged with tokio::spawn; call Pulse::set_global_default at start-up"
+        );
+    }
+    tokio::spawn(future)
+}

@@ -45,7 +45,7 @@ use crate::engine::{Engine, Scope};
 use crate::observe::ChangeCause;
 use crate::runtime_tasks::{RuntimeTask, RuntimeTasks, key_of};
 use crate::sharded::KeyMap;
-use crate::tier::Tier;
+use crate::tier::{Step, Tier};
 use crate::timing::clock;
 
 thread_local! {
@@ -309,7 +309,7 @@ impl RuntimeHooks {
             escalation.on_poll(&tasks.policy, start_ns, end_ns),
         ];
         drop(escalation);
-        for change in changes.into_iter().flatten() {
+        for change in changes.into_iter().flatten().filter_map(Step::change) {
             let cause = ChangeCause {
                 poll_ns,
                 cpu_ns: None,

@@ -99,7 +99,7 @@ impl RuntimeTasks {
             shared: TaskShared::new(None, location),
             tokio_id: id,
             owner: self.id,
-            escalation: Mutex::new(Escalation::new(now_ns)),
+            escalation: Mutex::new(Escalation::starting_at(Tier::Monitor, now_ns)),
             ended: AtomicBool::new(false),
         });
         self.tasks.insert(key_of(id), task);

@@ -85,6 +85,14 @@ impl<V> ShardedMap<V> {
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
+
+    /// Runs `f` on the map of `key`'s shard, under its lock.
+    pub(crate) fn with_shard<R>(&self, key: u64, f: impl FnOnce(&mut KeyMap<V>) -> R) -> R {
+        f(&mut lock(self.shard(key)))
+    }
+
+    /// Number of shards: a shard's share of a capacity is `capacity / SHARDS`.
+    pub(crate) const SHARDS: usize = SHARDS;
 }
 
 impl<V: Clone> ShardedMap<V> {

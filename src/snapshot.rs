@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::panic::Location;
 use std::time::Duration;
 
+use crate::origins::OriginSnapshot;
 use crate::task::{TaskId, TaskShared};
 use crate::tier::{PerTier, Tier};
 use crate::timing::nanos;
@@ -27,6 +28,10 @@ pub struct Snapshot {
     pub runtime_tasks: Vec<TaskSnapshot>,
     /// Polls running now for longer than the watchdog threshold.
     pub stuck: Vec<StuckPoll>,
+    /// Every origin (spawn site or task name) remembered because some of
+    /// its tasks misbehaved, with the tier its new tasks start at. Empty
+    /// when origin memory is off.
+    pub origins: Vec<OriginSnapshot>,
 }
 
 /// A poll the watchdog would report: running now, past its threshold.
@@ -55,6 +60,13 @@ impl Snapshot {
     /// The first live task with this name.
     pub fn named(&self, name: &str) -> Option<&TaskSnapshot> {
         self.tasks.iter().find(|t| t.name.as_deref() == Some(name))
+    }
+
+    /// The remembered origin named `name` (a task name or route), if any.
+    pub fn origin_named(&self, name: &str) -> Option<&OriginSnapshot> {
+        self.origins
+            .iter()
+            .find(|o| matches!(&o.origin, crate::origins::Origin::Name(n) if n == name))
     }
 
     /// The `n` tasks that have held workers longest in total, worst first.

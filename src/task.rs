@@ -13,6 +13,7 @@ use std::panic::Location;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::histogram::{AtomicHistogram, PollHistogram};
+use crate::origins::OriginRef;
 use crate::sync::{AtomicBool, AtomicU8, AtomicU64, WakerSlot};
 use crate::tier::Tier;
 
@@ -64,6 +65,8 @@ pub(crate) struct TaskShared {
     stuck_reports: AtomicU64,
     /// A tier the watchdog wants the task moved to at its next poll (0: none).
     forced_tier: AtomicU8,
+    /// The task has misbehaved at least once (see `origins`).
+    offended: AtomicBool,
     /// The slow lane's hold on this task; see `slow_lane`.
     pub lane: LaneEntry,
 }
@@ -133,6 +136,7 @@ impl TaskShared {
             histogram: Default::default(),
             stuck_reports: AtomicU64::new(0),
             forced_tier: AtomicU8::new(0),
+            offended: AtomicBool::new(false),
             lane: LaneEntry::default(),
         }
     }
@@ -177,6 +181,23 @@ impl TaskShared {
         }
         let v = self.forced_tier.swap(0, Relaxed);
         (v != 0).then(|| Tier::from_u8(v & 0x7f))
+    }
+
+    /// Where the task comes from: its name if it has one, else its site.
+    pub(crate) fn origin(&self) -> OriginRef<'_> {
+        match &self.name {
+            Some(name) => OriginRef::Name(name),
+            None => OriginRef::Site(self.location),
+        }
+    }
+
+    /// Marks the task as having misbehaved; `true` the first time.
+    pub(crate) fn mark_offended(&self) -> bool {
+        !self.offended.swap(true, Relaxed)
+    }
+
+    pub(crate) fn offended(&self) -> bool {
+        self.offended.load(Relaxed)
     }
 
     pub(crate) fn record_stuck(&self) {

@@ -19,7 +19,7 @@ use crate::isolation::{Isolated, PoolPoll};
 use crate::observe::ChangeCause;
 use crate::slow_lane::Wait;
 use crate::task::{TaskInfo, TaskShared};
-use crate::tier::{Escalation, EscalationPolicy, Tier, TierChange};
+use crate::tier::{Escalation, EscalationPolicy, Step, Tier, TierChange};
 use crate::timing::{clock, cpu::thread_cpu_ns, nanos};
 
 pub(crate) struct TaskCore<F: Future> {
@@ -41,19 +41,24 @@ pub(crate) struct TaskCore<F: Future> {
 }
 
 impl<F: Future> TaskCore<F> {
+    /// A core for `future`, whose task can reach `max_tier` at most and
+    /// starts at `start` (the tier its origin earned), capped at that.
     pub(crate) fn new(
         engine: Arc<Engine>,
         task: Arc<TaskShared>,
         future: F,
         max_tier: Tier,
+        start: Tier,
     ) -> Self {
         let (policy, generation) = engine.policy(max_tier);
+        let start = start.min(policy.max_tier);
+        task.set_tier(start);
         TaskCore {
             future: Box::pin(future),
             policy,
             max_tier,
             generation,
-            escalation: Escalation::new(clock().now_ns()),
+            escalation: Escalation::starting_at(start, clock().now_ns()),
             task,
             engine,
             deferred: false,
@@ -74,6 +79,9 @@ impl<F: Future> TaskCore<F> {
         }
         if let Some(forced) = self.task.take_forced_tier() {
             self.force(forced);
+            // The watchdog found a poll stuck: an offence of the task.
+            self.engine
+                .task_offended(&self.task, self.escalation.tier(), clock().now_ns());
         }
         self.escalation.tier()
     }
@@ -223,8 +231,8 @@ impl<F: Future> TaskCore<F> {
         if let Some(cpu) = cpu_ns {
             self.task.record_cpu(cpu);
         }
-        if let Some(change) = self.escalation.on_poll(&self.policy, start, end) {
-            self.tier_changed(change, ChangeCause { poll_ns, cpu_ns }, end);
+        if let Some(step) = self.escalation.on_poll(&self.policy, start, end) {
+            self.judged(step, ChangeCause { poll_ns, cpu_ns }, end);
         }
         if hooks {
             let info = TaskInfo { shared: &self.task };
@@ -243,6 +251,19 @@ impl<F: Future> TaskCore<F> {
     fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {
         self.engine
             .tier_changed(Scope::Managed, &self.task, change, cause, now_ns);
+    }
+
+    /// A poll closed a window that changed the tier or was bad.
+    #[cold]
+    #[inline(never)]
+    fn judged(&self, step: Step, cause: ChangeCause, now_ns: u64) {
+        if let Some(change) = step.change() {
+            self.tier_changed(change, cause, now_ns);
+        }
+        if step.bad() {
+            self.engine
+                .task_offended(&self.task, self.escalation.tier(), now_ns);
+        }
     }
 }
 

@@ -151,6 +151,32 @@ pub(crate) struct TierChange {
     pub to: Tier,
 }
 
+/// What a poll that closed a window decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A bad window moved the task up.
+    Promoted(TierChange),
+    /// A run of clean windows moved the task down.
+    Demoted(TierChange),
+    /// A bad window, with the task already at its highest tier.
+    BadAtTop,
+}
+
+impl Step {
+    /// The tier change, if the step made one.
+    pub(crate) fn change(self) -> Option<TierChange> {
+        match self {
+            Step::Promoted(c) | Step::Demoted(c) => Some(c),
+            Step::BadAtTop => None,
+        }
+    }
+
+    /// The window was bad: the task misbehaved.
+    pub(crate) fn bad(self) -> bool {
+        !matches!(self, Step::Demoted(_))
+    }
+}
+
 /// Everything the state machine is tuned by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EscalationPolicy {
@@ -172,9 +198,11 @@ pub(crate) struct Escalation {
 }
 
 impl Escalation {
-    pub(crate) fn new(now_ns: u64) -> Self {
+    /// A task that starts at `tier` (the tier its origin earned), its
+    /// first window opening at `now_ns`.
+    pub(crate) fn starting_at(tier: Tier, now_ns: u64) -> Self {
         Escalation {
-            tier: Tier::Monitor,
+            tier,
             window: WindowBudget::new(now_ns),
             clean_streak: 0,
             last_poll_charged: false,
@@ -197,26 +225,30 @@ impl Escalation {
         self.tier >= Tier::Warn && self.last_poll_charged
     }
 
-    /// Feeds one poll; returns the tier change it caused, if any.
+    /// Feeds one poll; returns what it decided, if anything.
     #[inline]
     pub(crate) fn on_poll(
         &mut self,
         policy: &EscalationPolicy,
         start_ns: u64,
         end_ns: u64,
-    ) -> Option<TierChange> {
+    ) -> Option<Step> {
         self.last_poll_charged = end_ns.saturating_sub(start_ns) >= policy.limits.charge_floor_ns;
         match self.window.charge(&policy.limits, start_ns, end_ns) {
             WindowVerdict::Open => None,
             WindowVerdict::Bad => {
                 self.clean_streak = 0;
-                (self.tier < policy.max_tier).then(|| self.move_to(self.tier.up()))
+                Some(if self.tier < policy.max_tier {
+                    Step::Promoted(self.move_to(self.tier.up()))
+                } else {
+                    Step::BadAtTop
+                })
             }
             WindowVerdict::Clean(windows) => {
                 self.clean_streak = self.clean_streak.saturating_add(windows);
                 if self.tier > Tier::Monitor && self.clean_streak >= policy.clean_windows {
                     self.clean_streak = 0;
-                    Some(self.move_to(self.tier.down()))
+                    Some(Step::Demoted(self.move_to(self.tier.down())))
                 } else {
                     None
                 }
@@ -278,7 +310,7 @@ mod tests {
     #[test]
     fn hog_climbs_to_isolate_then_reformed_task_steps_back_down() {
         let p = policy(2, 3, Tier::Isolate);
-        let mut e = Escalation::new(0);
+        let mut e = Escalation::starting_at(Tier::Monitor, 0);
         let mut t = 0;
         while e.tier() < Tier::Isolate {
             e.on_poll(&p, t, t + 5 * MS);
@@ -287,7 +319,7 @@ mod tests {
         }
         let mut steps = Vec::new();
         while e.tier() > Tier::Monitor {
-            if let Some(c) = e.on_poll(&p, t, t + 10_000) {
+            if let Some(c) = e.on_poll(&p, t, t + 10_000).and_then(Step::change) {
                 steps.push(c.to);
             }
             t += MS;
@@ -298,7 +330,7 @@ mod tests {
     #[test]
     fn cpu_time_is_read_for_suspects_whose_polls_are_long() {
         let p = policy(1, 3, Tier::Isolate);
-        let mut e = Escalation::new(0);
+        let mut e = Escalation::starting_at(Tier::Monitor, 0);
         e.on_poll(&p, 0, 10_000);
         assert!(!e.measures_cpu(), "a well-behaved task is measured");
         e.on_poll(&p, MS, 3 * MS);
@@ -311,7 +343,7 @@ mod tests {
     #[test]
     fn max_tier_caps_promotion() {
         let p = policy(1, 3, Tier::Yield);
-        let mut e = Escalation::new(0);
+        let mut e = Escalation::starting_at(Tier::Monitor, 0);
         for i in 0..50 {
             e.on_poll(&p, i * 10 * MS, i * 10 * MS + 5 * MS);
         }
@@ -338,7 +370,7 @@ mod tests {
             max_tier in 1u8..4,
         ) {
             let p = policy(strikes, clean_windows, Tier::from_u8(max_tier));
-            let mut e = Escalation::new(0);
+            let mut e = Escalation::starting_at(Tier::Monitor, 0);
             let mut t = 0u64;
             // Clean windows seen since the last tier change, counted the
             // same way the window accounting does, independently.
@@ -349,7 +381,8 @@ mod tests {
                 t = end;
                 let before = e.tier();
                 let window_before = e.window;
-                let change = e.on_poll(&p, start, end);
+                let step = e.on_poll(&p, start, end);
+                let change = step.and_then(Step::change);
                 let after = e.tier();
                 prop_assert!(after <= p.max_tier, "above max tier");
                 // Expected verdict, recomputed from the window alone.
@@ -363,6 +396,11 @@ mod tests {
                         prop_assert_eq!(step, 1, "moved more than one tier");
                     }
                 }
+                prop_assert_eq!(
+                    step.is_some_and(Step::bad),
+                    verdict == WindowVerdict::Bad,
+                    "a bad window not reported as one"
+                );
                 match verdict {
                     WindowVerdict::Bad => {
                         prop_assert!(after >= before, "demoted on a bad window");

@@ -33,6 +33,7 @@ const POLL_SUM: &str = "tokio_pulse_poll_duration_seconds_sum";
 const WATCHDOG_REPORTS: &str = "tokio_pulse_watchdog_reports_total";
 const SLOW_LANE_WAITING: &str = "tokio_pulse_slow_lane_queue_depth";
 const ISOLATED: &str = "tokio_pulse_isolated_tasks";
+const ORIGINS: &str = "tokio_pulse_origins";
 
 /// Publishes what a [`Pulse`] measures as `metrics` counters and gauges.
 ///
@@ -62,6 +63,7 @@ const ISOLATED: &str = "tokio_pulse_isolated_tasks";
 /// | `tokio_pulse_watchdog_reports_total` | counter | `scope="managed"` | polls the watchdog found stuck while running |
 /// | `tokio_pulse_slow_lane_queue_depth` | gauge | `scope="managed"` | `Yield`-tier tasks waiting for a slow-lane slot |
 /// | `tokio_pulse_isolated_tasks` | gauge | `scope="managed"` | tasks running on the isolation pool now (`tasks{tier="isolate"}` also counts isolated tasks that could not move) |
+/// | `tokio_pulse_origins` | gauge | `scope="managed"`, `tier` | remembered origins (spawn sites, routes) whose new tasks start at `tier` (see [`Origin`](crate::Origin)) |
 ///
 /// A promotion is counted per bad window that moved a task; bad windows of
 /// a task already at its highest tier move nothing and are not counted.
@@ -146,10 +148,17 @@ impl MetricsPublisher {
     /// (for their tiers), under each registry shard's lock in turn.
     pub fn publish(&mut self) {
         let totals = self.pulse.totals();
-        let tiers = self.pulse.engine().tier_counts();
-        self.managed
-            .get_or_insert_with(|| ScopeSeries::register("managed", Tier::Isolate))
-            .publish(&totals, tiers);
+        let engine = self.pulse.engine();
+        let (tiers, origins) = (engine.tier_counts(), engine.origin_tier_counts());
+        let series = self
+            .managed
+            .get_or_insert_with(|| ScopeSeries::register("managed", Tier::Isolate));
+        series.publish(&totals, tiers);
+        if let Some(i) = &series.interventions {
+            for (tier, n) in origins.tiers() {
+                i.origins[tier].set(*n as f64);
+            }
+        }
         #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
         self.publish_runtime();
     }
@@ -305,6 +314,7 @@ struct InterventionSeries {
     watchdog_reports: Monotonic,
     slow_lane_waiting: Gauge,
     isolated: Gauge,
+    origins: PerTier<Gauge>,
 }
 
 impl ScopeSeries {
@@ -342,6 +352,9 @@ impl ScopeSeries {
                 watchdog_reports: Monotonic::new(counter!(WATCHDOG_REPORTS, "scope" => scope)),
                 slow_lane_waiting: gauge!(SLOW_LANE_WAITING, "scope" => scope),
                 isolated: gauge!(ISOLATED, "scope" => scope),
+                origins: PerTier::from_fn(|t| {
+                    gauge!(ORIGINS, "scope" => scope, "tier" => t.as_str())
+                }),
             }),
         }
     }
@@ -405,6 +418,11 @@ fn describe() {
         "Yield-tier tasks waiting for a slow-lane slot."
     );
     describe_gauge!(ISOLATED, Unit::Count, "Tasks on the isolation pool now.");
+    describe_gauge!(
+        ORIGINS,
+        Unit::Count,
+        "Remembered origins (spawn sites, routes) whose new tasks start at each tier."
+    );
     describe_counter!(POLLS, Unit::Count, "Polls.");
     describe_counter!(
         SLOW_POLLS,
