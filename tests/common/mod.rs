@@ -105,6 +105,30 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// The calling thread's name ("" if it has none).
+pub fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("").to_owned()
+}
+
+/// Whether a thread of that name belongs to an isolation pool.
+pub fn on_pool(thread_name: &str) -> bool {
+    thread_name.starts_with("pulse-isolate-")
+}
+
+/// How many of `threads` (the threads successive tasks ran on) come before
+/// the first pool thread, and whether every one from there on is a pool
+/// thread.
+pub fn judged_then_isolated(threads: &[String]) -> (usize, bool) {
+    let judged = threads.iter().take_while(|t| !on_pool(t)).count();
+    (judged, threads[judged..].iter().all(|t| on_pool(t)))
+}
+
+/// Like [`serial`], for tests that are not async.
+pub fn serial_blocking() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A multi-thread runtime with two workers (this project's machines have two
 /// cores) and every driver enabled.
 pub fn two_worker_runtime() -> tokio::runtime::Runtime {
