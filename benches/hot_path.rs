@@ -27,7 +27,7 @@ mod inner {
 
     use criterion::{Criterion, criterion_group};
     use tokio_pulse::bench_internals::{
-        Budget, Hooks, TaskState, TierMachine, thread_cpu_ns, wall_clock_ns,
+        Budget, Hooks, SchedStatReader, TaskState, TierMachine, wall_clock_ns,
     };
 
     /// Poll timings fed to the budget and the tier machine: 2 µs polls every
@@ -106,7 +106,8 @@ mod inner {
             b.iter(|| unsafe { std::arch::x86_64::_rdtsc() })
         });
         g.bench_function("instant_now", |b| b.iter(Instant::now));
-        g.bench_function("engine_thread_cpu", |b| b.iter(thread_cpu_ns));
+        let schedstat = SchedStatReader::current_thread();
+        g.bench_function("engine_schedstat", |b| b.iter(|| schedstat.read()));
         #[cfg(unix)]
         unix_clocks(&mut g);
         g.finish();

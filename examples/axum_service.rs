@@ -255,7 +255,9 @@ fn main() {
     println!(
         "/fast latency beside /heavy under load: 2-worker server, {secs} s per run, {cores} cores\n"
     );
-    println!("| `/heavy` handler | served | /fast p50 (ms) | /fast p99 (ms) | /fast max (ms) | /heavy req/s |");
+    println!(
+        "| `/heavy` handler | served | /fast p50 (ms) | /fast p99 (ms) | /fast max (ms) | /heavy req/s |"
+    );
     println!("|---|---|---|---|---|---|");
     for (handler, kind) in [
         (Handler::SinglePoll, "one 20 ms poll"),

@@ -14,7 +14,7 @@ use crate::hooks::{HookSlot, PreemptionHooks};
 use crate::snapshot::TaskSnapshot;
 use crate::task::TaskShared;
 use crate::tier::{Escalation, EscalationPolicy, Tier};
-use crate::timing::{clock, cpu};
+use crate::timing::clock;
 
 /// Wall-clock nanoseconds from the engine's clock (TSC through quanta), as
 /// read twice per managed poll.
@@ -23,10 +23,22 @@ pub fn wall_clock_ns() -> u64 {
     clock().now_ns()
 }
 
-/// The calling thread's CPU time, as read around polls of suspect tasks.
-#[inline]
-pub fn thread_cpu_ns() -> Option<u64> {
-    cpu::thread_cpu_ns()
+/// The calling thread's scheduler figures (CPU time and run delay), as a
+/// long poll reads them when it ends (Linux; `None` elsewhere).
+pub struct SchedStatReader(Option<crate::timing::schedstat::SchedStatFile>);
+
+impl SchedStatReader {
+    /// Opens the calling thread's figures.
+    pub fn current_thread() -> Self {
+        SchedStatReader(crate::timing::schedstat::SchedStatFile::current_thread())
+    }
+
+    /// Reads them: (CPU time, run delay) in nanoseconds.
+    #[inline]
+    pub fn read(&self) -> Option<(u64, u64)> {
+        let s = self.0.as_ref()?.read()?;
+        Some((s.cpu_ns, s.delay_ns))
+    }
 }
 
 /// The hooks slot of a `Pulse`, empty or holding hooks that do nothing.
@@ -123,7 +135,8 @@ impl TaskState {
     /// The per-poll counter update made after every poll.
     #[inline]
     pub fn record_poll(&self, poll_ns: u64, slow: bool) {
-        self.0.record_poll(poll_ns, slow);
+        self.0.count_poll();
+        self.0.record_measured(poll_ns, poll_ns, slow);
     }
 
     /// The task's tier as other threads read it.

@@ -53,8 +53,38 @@ impl Profile {
                 capacity: DEFAULT_ORIGIN_CAPACITY,
                 clean_tasks: clean,
             }),
+            timing: Timing::default(),
         }
     }
+}
+
+/// How the length of polls is measured. Set with [`PulseBuilder::timing`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timing {
+    /// The default: a poll reads no clock unless it outlasts a tick of the
+    /// `Pulse`'s ticker thread. A tick is a quarter of the slow-poll
+    /// threshold while long polls are about, the threshold itself while
+    /// all polls are short, and longer when no poll runs at all. A poll
+    /// that spans a tick reads the clock once and is judged by how long it
+    /// certainly ran (from the first tick after its start): its length is
+    /// at most one tick short. What it means for each figure:
+    ///
+    /// - [`TaskSnapshot::polls`](crate::TaskSnapshot::polls),
+    ///   [`Totals::polls`](crate::Totals::polls): exact.
+    /// - slow polls, the longest poll, the poll-time histogram, the
+    ///   [`PollReport::duration`](crate::PollReport::duration) hooks see:
+    ///   measured polls only, at that lower bound; a poll shorter than a
+    ///   tick reports zero (it was short: it cannot be slow).
+    /// - [`TaskSnapshot::total_poll_time`](crate::TaskSnapshot::total_poll_time),
+    ///   [`Totals::poll_time`](crate::Totals::poll_time): an unbiased
+    ///   estimate: each poll is charged the ticks it spanned, which for a
+    ///   poll of random phase averages its true length.
+    #[default]
+    Sampled,
+    /// Every poll reads the clock when it starts and ends: exact figures,
+    /// for two clock reads per poll (see BENCHMARKS.md).
+    Exact,
 }
 
 /// A configuration value that [`PulseBuilder::build`] refused.
@@ -123,6 +153,7 @@ pub(crate) struct Config {
     pub interventions: Interventions,
     /// `None`: origins are not remembered.
     pub origins: Option<OriginSettings>,
+    pub timing: Timing,
 }
 
 /// How the `Yield` and `Isolate` tiers and the watchdog act.
@@ -336,6 +367,7 @@ struct Overrides {
     watchdog_threshold: Option<Option<Duration>>,
     origin_capacity: Option<Option<usize>>,
     origin_clean_tasks: Option<u32>,
+    timing: Option<Timing>,
 }
 
 impl PulseBuilder {
@@ -466,6 +498,14 @@ impl PulseBuilder {
         self
     }
 
+    /// How polls are measured: [`Timing::Sampled`] (the default: a short
+    /// poll reads no clock) or [`Timing::Exact`] (every poll reads the
+    /// clock twice). Can be changed by `reconfigure`.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.overrides.timing = Some(timing);
+        self
+    }
+
     /// Turns origin memory off: every task starts at `Monitor` and is
     /// judged alone, whatever its spawn site or name did before.
     pub fn without_origin_memory(mut self) -> Self {
@@ -524,6 +564,7 @@ impl PulseBuilder {
                         .origin_clean_tasks
                         .unwrap_or(d.origins.map_or(1, |d| d.clean_tasks)),
                 }),
+            timing: o.timing.unwrap_or(d.timing),
         };
         config.validate()?;
         Ok(config)

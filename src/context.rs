@@ -1,188 +1,385 @@
-//! The poll in progress on this thread.
+//! The managed poll in progress on each thread.
 //!
-//! The wrapper publishes when its poll started, for whom, and how long a
-//! slice the task has. Two readers:
-//! - [`checkpoint`](crate::checkpoint), on the same thread, decides whether
-//!   to give way (a thread-local `Cell`, plain data, nothing to dangle);
-//! - the watchdog, on its own thread, looks for polls that have run too
-//!   long. For it each thread that polls managed tasks owns a [`ThreadSlot`]
-//!   of atomics, registered once per thread, and read without ever stopping
-//!   the poller. A poll writes its slot with three stores when it starts
-//!   (task, pulse, start stamp; one more to clear an enclosing poll's stamp
-//!   first when polls nest) and one when it ends.
+//! Every thread that polls managed futures owns a [`ThreadSlot`], made
+//! once per thread and listed for the engines' tickers. A poll writes into
+//! it when it starts (which task, which engine's ticker, the tick it
+//! started at) and when it ends; nothing else, and no other thread writes
+//! those words. Three readers:
+//! - [`checkpoint`](crate::checkpoint), on the same thread, asks whether
+//!   the current poll has used its slice;
+//! - the ticker of the poll's engine, on its own thread, notes when it
+//!   first saw each poll running (the start of what the poll is charged)
+//!   and whether it is still the same poll a tick later (a long one);
+//! - the watchdog, run by the ticker, reports polls that run too long.
 
-use std::cell::{Cell, OnceCell};
+use std::cell::Cell;
+use std::ptr;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::sync::{AtomicU64, fence, lock};
+use crossbeam_utils::CachePadded;
 
-/// The managed poll running on this thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CurrentPoll {
-    /// Clock reading at poll start; 0 when no managed poll is running.
-    pub start_ns: u64,
-    /// How long the task may run in this poll before `checkpoint` yields.
-    pub slice_ns: u64,
-    /// The task being polled.
-    pub task_id: u64,
-    /// The `Pulse` managing it.
-    pub pulse_id: u64,
-}
+use crate::sync::{AtomicPtr, AtomicU64, fence, lock};
+use crate::ticker::{Tick, Ticker};
+use crate::timing::schedstat::{SchedStat, SchedStatFile};
 
-impl CurrentPoll {
-    const NONE: CurrentPoll = CurrentPoll {
-        start_ns: 0,
-        slice_ns: 0,
-        task_id: 0,
-        pulse_id: 0,
-    };
-}
-
-/// What the watchdog can see of one thread's current managed poll.
+/// What the ticker can see of one thread's managed polls.
 ///
-/// A seqlock whose sequence number is the start stamp (stamps never
-/// repeat, and 0 means "no poll"): the poller clears the stamp, writes the
-/// ids, then writes the new stamp with `Release`; a reader loads the stamp
-/// with `Acquire`, the ids, then (after an `Acquire` fence) the stamp
-/// again, and trusts the ids only if both stamps agree. On x86-64 these
-/// orderings cost nothing over `Relaxed`: plain loads and stores already
-/// behave so, and the orderings only stop the compiler from reordering
-/// them. The `loom` model below checks the protocol.
+/// The poll words are a seqlock: `seq` is odd while a poll runs. A poll
+/// writes the task, the ticker and the start, then the odd `seq` with
+/// `Release`; it ends with the next even `seq` and a `Release` fence, so
+/// that the next poll's words cannot be seen before it. A reader loads
+/// `seq` with `Acquire`, the words, then (after an `Acquire` fence) `seq`
+/// again, and trusts the words only if both loads agree and are odd. On
+/// x86-64 none of these orderings costs an instruction: they only keep the
+/// compiler from reordering. The `loom` model below checks the protocol.
 #[derive(Debug)]
 pub(crate) struct ThreadSlot {
-    start_ns: AtomicU64,
-    task_id: AtomicU64,
-    pulse_id: AtomicU64,
-    /// The start stamp of the poll last reported stuck, so that a poll is
-    /// reported once however long it runs. Written by the watchdog only.
-    pub reported_start_ns: std::sync::atomic::AtomicU64,
+    poll: CachePadded<PollWords>,
+    seen: CachePadded<Sightings>,
+    /// The thread's name, for reports.
     pub thread_name: Option<String>,
+    /// The thread's kernel id (Linux), for reading its scheduler figures.
+    pub tid: i32,
+    /// The thread's own scheduler figures, opened at its first long poll;
+    /// used by that thread only.
+    own_figures: std::sync::OnceLock<Option<SchedStatFile>>,
 }
 
-impl ThreadSlot {
-    fn new(thread_name: Option<String>) -> Self {
-        ThreadSlot {
-            start_ns: AtomicU64::new(0),
-            task_id: AtomicU64::new(0),
-            pulse_id: AtomicU64::new(0),
-            reported_start_ns: std::sync::atomic::AtomicU64::new(0),
-            thread_name,
-        }
-    }
+#[derive(Debug)]
+struct PollWords {
+    seq: AtomicU64,
+    task: AtomicU64,
+    /// The ticker of the engine managing the task: names the engine.
+    ticker: AtomicPtr<Ticker>,
+    /// The tick count at the poll's start, shifted left once; the low bit
+    /// says the task is at `Yield` or above (its slice is shorter).
+    start: AtomicU64,
+}
 
-    /// A consistent reading of the slot, or `None` if no managed poll is
-    /// running (or one ended or began while it was read: such a poll was
-    /// short, and the next reading will do).
-    pub(crate) fn read(&self) -> Option<CurrentPoll> {
-        let start_ns = self.start_ns.load(Acquire);
-        if start_ns == 0 {
+/// What the ticker of the poll's engine noted about the thread's current
+/// poll: when it first saw it running, and the thread's scheduler figures
+/// when it saw it again a tick later (for polls that long only). Written by
+/// tickers (one at a time, under `writer`), read by the poll itself when it
+/// ends and by the watchdog, as a seqlock on `seq` (0 while being written).
+#[derive(Debug, Default)]
+pub(crate) struct Sightings {
+    writer: std::sync::atomic::AtomicBool,
+    seq: std::sync::atomic::AtomicU64,
+    first_ns: std::sync::atomic::AtomicU64,
+    /// 0: no figures yet.
+    stamp_ns: std::sync::atomic::AtomicU64,
+    stamp_cpu_ns: std::sync::atomic::AtomicU64,
+    stamp_delay_ns: std::sync::atomic::AtomicU64,
+    /// The poll last reported stuck, so that a poll is reported once.
+    pub reported_seq: std::sync::atomic::AtomicU64,
+}
+
+/// What a ticker noted about one poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sighting {
+    /// When the poll was first seen running.
+    pub first_ns: u64,
+    /// When it was seen again, and its thread's scheduler figures then.
+    pub stamp: Option<(u64, SchedStat)>,
+}
+
+impl Sightings {
+    /// What was noted about poll `seq`, if anything.
+    pub(crate) fn of(&self, seq: u64) -> Option<Sighting> {
+        use std::sync::atomic::{Ordering::Acquire, fence};
+        if self.seq.load(Acquire) != seq {
             return None;
         }
-        let task_id = self.task_id.load(Relaxed);
-        let pulse_id = self.pulse_id.load(Relaxed);
+        let first_ns = self.first_ns.load(Relaxed);
+        let stamp_ns = self.stamp_ns.load(Relaxed);
+        let stamp = SchedStat {
+            cpu_ns: self.stamp_cpu_ns.load(Relaxed),
+            delay_ns: self.stamp_delay_ns.load(Relaxed),
+        };
         fence(Acquire);
-        (self.start_ns.load(Relaxed) == start_ns).then_some(CurrentPoll {
-            start_ns,
-            slice_ns: 0,
-            task_id,
-            pulse_id,
+        (self.seq.load(Relaxed) == seq).then_some(Sighting {
+            first_ns,
+            stamp: (stamp_ns != 0).then_some((stamp_ns, stamp)),
         })
     }
 
-    /// Publishes `poll` (or "no poll" when its start is 0). `replacing`
-    /// says whether a poll was published before: only then must the start
-    /// be cleared first, so that a reader never pairs the old start with
-    /// the new ids.
-    #[inline]
-    fn publish(&self, poll: &CurrentPoll, replacing: bool) {
-        if replacing {
-            self.start_ns.store(0, Relaxed);
-            fence(Release);
+    /// Notes that poll `seq` is running at `now_ns`: the first time, when;
+    /// the next time, the thread's scheduler figures from `figures`.
+    /// Returns what is noted now.
+    pub(crate) fn see(
+        &self,
+        seq: u64,
+        now_ns: u64,
+        figures: impl FnOnce() -> Option<SchedStat>,
+    ) -> Sighting {
+        let known = self.of(seq);
+        if known.is_some_and(|k| k.stamp.is_some()) {
+            return known.unwrap_or(Sighting {
+                first_ns: now_ns,
+                stamp: None,
+            });
         }
-        if poll.start_ns == 0 {
-            return;
+        let mut noted = known.unwrap_or(Sighting {
+            first_ns: now_ns,
+            stamp: None,
+        });
+        if known.is_some() {
+            noted.stamp = figures().map(|f| (now_ns, f));
         }
-        self.task_id.store(poll.task_id, Relaxed);
-        self.pulse_id.store(poll.pulse_id, Relaxed);
-        self.start_ns.store(poll.start_ns, Release);
+        self.write(seq, noted);
+        noted
+    }
+
+    fn write(&self, seq: u64, s: Sighting) {
+        use std::sync::atomic::{
+            Ordering::{Acquire, Release},
+            fence,
+        };
+        if self.writer.swap(true, Acquire) {
+            return; // another engine's ticker is writing: next tick
+        }
+        self.seq.store(0, Relaxed);
+        fence(Release);
+        self.first_ns.store(s.first_ns, Relaxed);
+        let (stamp_ns, figures) = s.stamp.unwrap_or_default();
+        self.stamp_ns.store(stamp_ns, Relaxed);
+        self.stamp_cpu_ns.store(figures.cpu_ns, Relaxed);
+        self.stamp_delay_ns.store(figures.delay_ns, Relaxed);
+        self.seq.store(seq, Release);
+        self.writer.store(false, Release);
     }
 }
 
-struct ThreadContext {
-    current: Cell<CurrentPoll>,
-    slot: OnceCell<Arc<ThreadSlot>>,
+/// A consistent reading of a slot: the poll running on its thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Running {
+    pub seq: u64,
+    pub task: u64,
+    pub ticker: *const Ticker,
+    pub start: u64,
+}
+
+impl ThreadSlot {
+    fn new(thread_name: Option<String>, tid: i32) -> Self {
+        ThreadSlot {
+            poll: CachePadded::new(PollWords {
+                seq: AtomicU64::new(0),
+                task: AtomicU64::new(0),
+                ticker: AtomicPtr::new(ptr::null_mut()),
+                start: AtomicU64::new(0),
+            }),
+            seen: CachePadded::new(Sightings::default()),
+            thread_name,
+            tid,
+            own_figures: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The scheduler's figures for this slot's thread, read by that
+    /// thread itself (after a long poll); `None` off Linux.
+    pub(crate) fn own_figures(&self) -> Option<SchedStat> {
+        self.own_figures
+            .get_or_init(SchedStatFile::current_thread)
+            .as_ref()?
+            .read()
+    }
+
+    /// The poll running on the slot's thread, if any (and if it did not
+    /// start or end while it was read: such a poll was short, and the next
+    /// reading will do).
+    pub(crate) fn read(&self) -> Option<Running> {
+        let w = &self.poll;
+        let seq = w.seq.load(Acquire);
+        if seq % 2 == 0 {
+            return None;
+        }
+        let running = Running {
+            seq,
+            task: w.task.load(Relaxed),
+            ticker: w.ticker.load(Relaxed),
+            start: w.start.load(Relaxed),
+        };
+        fence(Acquire);
+        (w.seq.load(Relaxed) == seq).then_some(running)
+    }
+
+    /// The poll words' sequence number (for activity tracking).
+    pub(crate) fn seq(&self) -> u64 {
+        self.poll.seq.load(Relaxed)
+    }
+
+    /// The ticker that polled last on this thread.
+    pub(crate) fn last_ticker(&self) -> *const Ticker {
+        self.poll.ticker.load(Relaxed)
+    }
+
+    pub(crate) fn sightings(&self) -> &Sightings {
+        &self.seen
+    }
+
+    /// Publishes a poll that starts. Returns its sequence number.
+    #[inline(always)]
+    fn start(&self, task: u64, ticker: *const Ticker, start: u64) -> u64 {
+        let w = &self.poll;
+        let mut seq = w.seq.load(Relaxed);
+        if seq % 2 == 1 {
+            // Nested in another managed poll: end that one's publication
+            // first, so no reader pairs its sequence with these words.
+            seq += 1;
+            w.seq.store(seq, Relaxed);
+            fence(Release);
+        }
+        w.task.store(task, Relaxed);
+        w.ticker.store(ticker.cast_mut(), Relaxed);
+        w.start.store(start, Relaxed);
+        w.seq.store(seq + 1, Release);
+        seq + 1
+    }
+
+    /// Ends the poll published with `seq`.
+    #[inline(always)]
+    fn end(&self, seq: u64) {
+        self.poll.seq.store(seq + 1, Relaxed);
+        fence(Release);
+    }
+}
+
+/// The poll running on this thread, as `checkpoint` needs it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CurrentPoll {
+    /// The engine's ticker: alive while the poll runs.
+    pub ticker: *const Ticker,
+    /// The tick the poll started at.
+    pub start: Tick,
+    /// The task is at `Yield` or above.
+    pub yield_slice: bool,
 }
 
 thread_local! {
-    static CONTEXT: ThreadContext = const {
-        ThreadContext {
-            current: Cell::new(CurrentPoll::NONE),
-            slot: OnceCell::new(),
-        }
-    };
+    /// This thread's slot, or null before the first managed poll (and
+    /// after the thread's `OWNER` is gone). No destructor: readable during
+    /// any other thread-local's destruction.
+    static SLOT: Cell<*const ThreadSlot> = const { Cell::new(ptr::null()) };
+    /// Keeps this thread's slot alive until the thread exits.
+    static OWNER: Owner = const { Owner(Cell::new(None)) };
 }
 
-/// Every thread that has polled a managed task, for the watchdog.
+struct Owner(Cell<Option<Arc<ThreadSlot>>>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = SLOT.try_with(|s| s.set(ptr::null()));
+        drop(self.0.take());
+    }
+}
+
+/// Every thread that has polled a managed task, for the tickers.
 static SLOTS: Mutex<Vec<Weak<ThreadSlot>>> = Mutex::new(Vec::new());
 
-fn register_slot() -> Arc<ThreadSlot> {
+/// This thread's slot, registering it on first use; `None` while the
+/// thread exits.
+#[inline(always)]
+fn slot() -> Option<&'static ThreadSlot> {
+    let p = SLOT.try_with(Cell::get).unwrap_or(ptr::null());
+    if p.is_null() {
+        return register();
+    }
+    // SAFETY: `SLOT` holds a pointer into the `Arc` that this thread's
+    // `OWNER` keeps alive, and `OWNER`'s destructor clears `SLOT` before
+    // releasing it; the slot is only used on this thread, within the call
+    // that read the pointer.
+    Some(unsafe { &*p })
+}
+
+#[cold]
+#[inline(never)]
+fn register() -> Option<&'static ThreadSlot> {
     let slot = Arc::new(ThreadSlot::new(
         std::thread::current().name().map(str::to_owned),
+        crate::timing::schedstat::current_tid(),
     ));
+    let p = Arc::as_ptr(&slot);
+    OWNER.try_with(|o| o.0.set(Some(Arc::clone(&slot)))).ok()?;
+    SLOT.try_with(|s| s.set(p)).ok()?;
     let mut slots = lock(&SLOTS);
     slots.retain(|s| s.strong_count() > 0);
     slots.push(Arc::downgrade(&slot));
-    slot
+    drop(slots);
+    // SAFETY: as in `slot`: `OWNER` now holds the `Arc`.
+    Some(unsafe { &*p })
 }
 
 /// Calls `f` with each live thread slot.
 pub(crate) fn for_each_slot(mut f: impl FnMut(&ThreadSlot)) {
-    let slots: Vec<Arc<ThreadSlot>> = lock(&SLOTS).iter().filter_map(Weak::upgrade).collect();
-    slots.iter().for_each(|s| f(s));
+    let slots = lock(&SLOTS);
+    for slot in slots.iter().filter_map(Weak::upgrade) {
+        f(&slot);
+    }
 }
 
 /// The managed poll running on this thread, if any.
 #[inline]
 pub(crate) fn current() -> Option<CurrentPoll> {
-    let cur = CONTEXT
-        .try_with(|c| c.current.get())
-        .unwrap_or(CurrentPoll::NONE);
-    (cur.start_ns != 0).then_some(cur)
+    let p = SLOT.try_with(Cell::get).unwrap_or(ptr::null());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as in `slot`.
+    let w = unsafe { &(*p).poll };
+    if w.seq.load(Relaxed) % 2 == 0 {
+        return None;
+    }
+    let start = w.start.load(Relaxed);
+    Some(CurrentPoll {
+        ticker: w.ticker.load(Relaxed),
+        start: Tick::from_count(start >> 1),
+        yield_slice: start & 1 == 1,
+    })
 }
 
 /// Marks a managed poll as running until dropped; restores the enclosing
-/// one (managed futures nest, e.g. a managed request inside a managed task),
-/// also when the poll panics.
+/// one (managed futures nest, e.g. a managed request inside a managed
+/// task), also when the poll panics.
 pub(crate) struct PollScope {
-    outer: CurrentPoll,
+    slot: Option<&'static ThreadSlot>,
+    seq: u64,
+    outer: Option<Running>,
 }
 
 impl PollScope {
-    #[inline]
-    pub(crate) fn enter(poll: CurrentPoll) -> PollScope {
-        let outer = CONTEXT
-            .try_with(|c| {
-                let outer = c.current.replace(poll);
-                c.slot
-                    .get_or_init(register_slot)
-                    .publish(&poll, outer.start_ns != 0);
-                outer
-            })
-            .unwrap_or(CurrentPoll::NONE);
-        PollScope { outer }
+    #[inline(always)]
+    pub(crate) fn enter(task: u64, ticker: &Ticker, start: Tick, yield_slice: bool) -> PollScope {
+        let Some(slot) = slot() else {
+            return PollScope {
+                slot: None,
+                seq: 0,
+                outer: None,
+            };
+        };
+        let outer = slot.read();
+        let seq = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice));
+        PollScope {
+            slot: Some(slot),
+            seq,
+            outer,
+        }
+    }
+
+    /// The poll's sequence number in its slot, and the slot.
+    pub(crate) fn slot(&self) -> Option<(&'static ThreadSlot, u64)> {
+        self.slot.map(|s| (s, self.seq))
     }
 }
 
 impl Drop for PollScope {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        let _ = CONTEXT.try_with(|c| {
-            c.current.set(self.outer);
-            if let Some(slot) = c.slot.get() {
-                slot.publish(&self.outer, true);
-            }
-        });
+        let Some(slot) = self.slot else { return };
+        slot.end(self.seq);
+        if let Some(outer) = self.outer {
+            slot.start(outer.task, outer.ticker, outer.start);
+        }
     }
 }
 
@@ -193,33 +390,44 @@ mod loom_models {
     use super::*;
     use loom::thread;
 
-    fn poll(start_ns: u64, id: u64) -> CurrentPoll {
-        CurrentPoll {
-            start_ns,
-            slice_ns: 0,
-            task_id: id,
-            pulse_id: id,
-        }
-    }
-
-    /// While a thread replaces one poll by another, a reader sees either
-    /// poll whole, or nothing: never one poll's start with another's ids.
+    /// While a thread ends one poll and starts the next, a reader sees
+    /// either poll whole, or nothing: never one poll's sequence number
+    /// with another's task.
     #[test]
     fn loom_a_slot_reading_never_mixes_two_polls() {
         loom::model(|| {
-            let slot = Arc::new(ThreadSlot::new(None));
-            slot.publish(&poll(10, 1), false);
+            let slot = Arc::new(ThreadSlot::new(None, 0));
+            let first = slot.start(1, ptr::null(), 10);
             let writer = {
                 let slot = slot.clone();
-                thread::spawn(move || slot.publish(&poll(20, 2), true))
+                thread::spawn(move || {
+                    slot.end(first);
+                    slot.start(2, ptr::null(), 20);
+                })
             };
             if let Some(seen) = slot.read() {
-                let expected = if seen.start_ns == 10 { 1 } else { 2 };
-                assert_eq!(
-                    (seen.task_id, seen.pulse_id),
-                    (expected, expected),
-                    "{seen:?}"
-                );
+                let expected = if seen.seq == first { (1, 10) } else { (2, 20) };
+                assert_eq!((seen.task, seen.start), expected, "{seen:?}");
+            }
+            writer.join().unwrap();
+        });
+    }
+
+    /// The same when the second poll is nested in the first.
+    #[test]
+    fn loom_a_nested_poll_is_never_read_with_the_outer_ones_sequence() {
+        loom::model(|| {
+            let slot = Arc::new(ThreadSlot::new(None, 0));
+            let outer = slot.start(1, ptr::null(), 10);
+            let writer = {
+                let slot = slot.clone();
+                thread::spawn(move || {
+                    slot.start(2, ptr::null(), 20);
+                })
+            };
+            if let Some(seen) = slot.read() {
+                let expected = if seen.seq == outer { (1, 10) } else { (2, 20) };
+                assert_eq!((seen.task, seen.start), expected, "{seen:?}");
             }
             writer.join().unwrap();
         });

@@ -10,12 +10,15 @@
 //! Modules below it (the lane, the pool, the watchdog's scan, the
 //! registry) know nothing of it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Timing};
+use crate::context;
 use crate::fault::{self, catch};
 use crate::hooks::{Hook, HookSlot};
 use crate::isolation::IsolationPool;
@@ -27,20 +30,23 @@ use crate::snapshot::{Snapshot, TaskSnapshot};
 use crate::stats::{PulseStats, Totals};
 use crate::sync::lock;
 use crate::task::{TaskInfo, TaskShared};
+use crate::ticker::{Pace, Seen, Ticker};
 use crate::tier::{EscalationPolicy, Tier, TierChange};
+use crate::timing::schedstat::{SchedStat, SchedStatFile, charged};
 use crate::timing::{as_nanos, clock};
 use crate::watchdog;
 
 /// State shared by a `Pulse`, its clones, and every task it manages.
 #[derive(Debug)]
 pub(crate) struct Engine {
-    /// Distinguishes this engine's polls in the per-thread slots.
-    pub id: u64,
+    /// The coarse clock polls read; its address names this engine in the
+    /// per-thread slots.
+    pub ticker: Ticker,
+    /// What every poll reads besides the tick, on a line of its own (the
+    /// `Arc`'s counts, written at every spawn and end, are nearby).
+    hot: CachePadded<Hot>,
     /// The configuration in force; replaced whole by `reconfigure`.
     config: ArcSwap<Config>,
-    /// Bumped after each `reconfigure`; a task compares it with the
-    /// generation its cached policy came from (one relaxed load per poll).
-    generation: AtomicU64,
     registry: Registry,
     pub hooks: HookSlot,
     warnings: RateLimiter,
@@ -58,6 +64,15 @@ pub(crate) struct Engine {
     /// Tasks observed through Tokio's task hooks, not managed.
     #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
     pub runtime: crate::runtime_tasks::RuntimeTasks,
+}
+
+#[derive(Debug)]
+struct Hot {
+    /// Bumped after each `reconfigure`; a task compares it with the
+    /// generation its cached policy came from.
+    generation: AtomicU64,
+    /// Every poll reads the clock (`Timing::Exact`, or no ticker thread).
+    exact: AtomicBool,
 }
 
 /// Which set of tasks a tier change belongs to.
@@ -103,13 +118,18 @@ pub enum Component {
 }
 
 impl Engine {
-    /// An engine for `config`, with its watchdog started (if configured).
+    /// An engine for `config`, with its ticker (and watchdog) started.
     pub(crate) fn start(config: Config) -> Arc<Engine> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         // Calibrate the clock now rather than inside the first poll.
-        clock();
+        let now = clock().now_ns();
+        let ticker = Ticker::new(now);
+        ticker.set_slow_poll(config.slow_poll_threshold);
         let engine = Arc::new(Engine {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ticker,
+            hot: CachePadded::new(Hot {
+                generation: AtomicU64::new(0),
+                exact: AtomicBool::new(config.timing == Timing::Exact),
+            }),
             warnings: RateLimiter::new(config.max_warnings_per_second),
             lane: SlowLane::new(
                 config.interventions.slow_lane_slots,
@@ -124,20 +144,31 @@ impl Engine {
             watchdog: Mutex::new(Component::Disabled),
             origins: config.origins.map(OriginMemory::new),
             reconfiguring: Mutex::new(()),
-            generation: AtomicU64::new(0),
             config: ArcSwap::from_pointee(config),
         });
-        if engine.config().interventions.watchdog_threshold.is_some() {
-            let status = match start_watchdog(Arc::downgrade(&engine)) {
-                Ok(()) => Component::Running,
-                Err(e) => {
-                    tracing::error!(error = %e, "tokio-pulse: could not start the watchdog thread; stuck polls will not be reported");
-                    Component::Failed(e.to_string())
+        let status = match start_ticker(Arc::downgrade(&engine)) {
+            Ok(thread) => {
+                engine.ticker.set_thread(thread);
+                if engine.config().interventions.watchdog_threshold.is_some() {
+                    Component::Running
+                } else {
+                    Component::Disabled
                 }
-            };
-            *lock(&engine.watchdog) = status;
-        }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tokio-pulse: could not start the ticker thread; every poll reads the clock instead, and stuck polls will not be reported");
+                engine.hot.exact.store(true, Ordering::Relaxed);
+                Component::Failed(e.to_string())
+            }
+        };
+        *lock(&engine.watchdog) = status;
         engine
+    }
+
+    /// Whether polls read the clock (`Timing::Exact`, or no ticker).
+    #[inline(always)]
+    pub(crate) fn exact_timing(&self) -> bool {
+        self.hot.exact.load(Ordering::Relaxed)
     }
 
     /// The configuration in force.
@@ -148,7 +179,7 @@ impl Engine {
     /// The configuration generation; see [`policy`](Self::policy).
     #[inline]
     pub(crate) fn generation(&self, order: Ordering) -> u64 {
-        self.generation.load(order)
+        self.hot.generation.load(order)
     }
 
     /// The escalation policy of the configuration in force, for a task
@@ -156,7 +187,7 @@ impl Engine {
     pub(crate) fn policy(&self, max_tier: Tier) -> (EscalationPolicy, u64) {
         // Generation first: a reconfiguration in between is then seen at
         // the task's next poll, never missed.
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.hot.generation.load(Ordering::Acquire);
         (self.config().escalation_policy(max_tier), generation)
     }
 
@@ -269,7 +300,7 @@ impl Engine {
         self.registry
             .for_each(|task| snapshot.tasks.push(TaskSnapshot::of(task)));
         if let Some(threshold) = self.config().interventions.watchdog_threshold {
-            snapshot.stuck = watchdog::stuck_polls(self.id, threshold);
+            snapshot.stuck = watchdog::stuck_polls(&self.ticker, threshold);
         }
         if let Some(origins) = &self.origins {
             snapshot.origins = origins.snapshot();
@@ -325,8 +356,14 @@ impl Engine {
         if let (Some(memory), Some(settings)) = (&self.origins, new.origins) {
             memory.set_clean_tasks(settings.clean_tasks);
         }
+        let ticker_failed = matches!(*lock(&self.watchdog), Component::Failed(_));
+        self.hot.exact.store(
+            new.timing == Timing::Exact || ticker_failed,
+            Ordering::Relaxed,
+        );
+        self.ticker.set_slow_poll(new.slow_poll_threshold);
         self.config.store(Arc::new(new));
-        self.generation.fetch_add(1, Ordering::Release);
+        self.hot.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -358,35 +395,153 @@ impl Engine {
     }
 }
 
-/// Starts the watchdog of one engine. The thread ends within one period
-/// after the engine is gone (the `Pulse` and all its tasks). The threshold
-/// is re-read each period, so `reconfigure` can change it.
-fn start_watchdog(engine: Weak<Engine>) -> std::io::Result<()> {
-    fault::spawn_thread("pulse-watchdog".into(), move || {
-        loop {
-            let Some(threshold) = engine
-                .upgrade()
-                .and_then(|e| e.config().interventions.watchdog_threshold)
-            else {
+impl Engine {
+    /// One tick at `now_ns`: advances the ticker, notes the polls running
+    /// on every thread (for their measurement and the watchdog), and
+    /// returns what it saw, for the ticker's pace.
+    fn tick(&self, now_ns: u64, idle: bool, slots: &mut SlotMemory) -> Seen {
+        self.ticker.advance(now_ns, idle);
+        let me: *const Ticker = &self.ticker;
+        let threshold = self.config().interventions.watchdog_threshold.map(as_nanos);
+        let mut seen = Seen::default();
+        slots.sweep_start();
+        context::for_each_slot(|slot| {
+            let memory = slots.of(slot);
+            // Any poll of ours on this thread since the last tick?
+            if std::ptr::eq(slot.last_ticker(), me) && memory.changed(slot.seq()) {
+                seen.activity = true;
+            }
+            let Some(poll) = slot.read().filter(|p| std::ptr::eq(p.ticker, me)) else {
                 return;
             };
-            std::thread::sleep(watchdog::period(threshold));
+            seen.activity = true;
+            let noted = slot
+                .sightings()
+                .see(poll.seq, now_ns, || memory.figures(slot.tid));
+            if noted.first_ns >= now_ns {
+                return;
+            }
+            seen.long_poll = true;
+            let Some(threshold_ns) = threshold else {
+                return;
+            };
+            // Charged like a poll that ends now: not for time its thread
+            // waited for a CPU.
+            let mut running_ns = now_ns - noted.first_ns;
+            if running_ns >= threshold_ns {
+                if let (Some((stamp_ns, before)), Some(now)) =
+                    (noted.stamp, memory.figures(slot.tid))
+                {
+                    running_ns = charged(running_ns, now_ns - stamp_ns, now.since(before)).run_ns;
+                }
+            }
+            watchdog::check(
+                slot,
+                poll,
+                running_ns,
+                threshold_ns,
+                &self.registry,
+                &self.stats,
+            );
+        });
+        slots.sweep_end();
+        seen
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The ticker may be sleeping for a long idle period: let it see
+        // the engine is gone and exit now.
+        self.ticker.unpark();
+    }
+}
+
+/// What the ticker keeps about each thread slot between ticks: the poll
+/// sequence number it last saw (to tell whether any poll ran since), and
+/// the thread's scheduler figures file, opened when first needed.
+#[derive(Default)]
+struct SlotMemory {
+    slots: std::collections::HashMap<usize, Remembered>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    seq: u64,
+    alive: bool,
+    figures: Option<Option<SchedStatFile>>,
+}
+
+impl Remembered {
+    /// Whether `seq` differs from the last one seen.
+    fn changed(&mut self, seq: u64) -> bool {
+        std::mem::replace(&mut self.seq, seq) != seq
+    }
+
+    /// Thread `tid`'s scheduler figures now.
+    fn figures(&mut self, tid: i32) -> Option<SchedStat> {
+        self.figures
+            .get_or_insert_with(|| SchedStatFile::thread(tid))
+            .as_ref()?
+            .read()
+    }
+}
+
+impl SlotMemory {
+    fn of(&mut self, slot: &context::ThreadSlot) -> &mut Remembered {
+        let entry = self
+            .slots
+            .entry(std::ptr::from_ref(slot) as usize)
+            .or_insert_with(|| Remembered {
+                seq: slot.seq(),
+                ..Remembered::default()
+            });
+        entry.alive = true;
+        entry
+    }
+
+    fn sweep_start(&mut self) {
+        self.slots.values_mut().for_each(|e| e.alive = false);
+    }
+
+    /// Forgets slots not seen this tick (their threads exited).
+    fn sweep_end(&mut self) {
+        self.slots.retain(|_, e| e.alive);
+    }
+}
+
+/// Starts the ticker thread of one engine; it also runs the watchdog. The
+/// thread ends at its next tick after the engine is gone (the `Pulse` and
+/// all its tasks; dropping the engine wakes it). The configuration is
+/// re-read at each tick, so `reconfigure` can change the pace and the
+/// watchdog threshold.
+fn start_ticker(engine: Weak<Engine>) -> std::io::Result<std::thread::Thread> {
+    let handle = fault::spawn_thread("pulse-ticker".into(), move || {
+        let mut pace = Pace::new();
+        let mut slots = SlotMemory::default();
+        let mut period = Duration::ZERO;
+        let mut idle = false;
+        loop {
+            let slept = std::time::Instant::now();
+            std::thread::park_timeout(period);
             let Some(engine) = engine.upgrade() else {
                 return;
             };
+            let now = clock().now_ns();
+            if idle && slept.elapsed() < period {
+                pace.woken(now);
+            }
             // A panic here can only come from user code (a `tracing`
-            // subscriber); the watchdog carries on.
-            let _ = catch(|| {
-                watchdog::scan(
-                    engine.id,
-                    as_nanos(threshold),
-                    &engine.registry,
-                    &engine.stats,
-                );
+            // subscriber in a watchdog report); the ticker carries on.
+            let seen = catch(|| engine.tick(now, idle, &mut slots)).unwrap_or(Seen {
+                activity: true,
+                long_poll: false,
             });
+            let slow_poll = engine.config().slow_poll_threshold;
+            (period, idle) = pace.next(&engine.ticker, seen, now, slow_poll);
         }
-    })
-    .map(drop)
+    })?;
+    Ok(handle.thread().clone())
 }
 
 /// Deficit round robin quantum of the slow lane: two slow-poll thresholds

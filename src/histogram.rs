@@ -66,21 +66,10 @@ pub(crate) fn bucket_of(ns: u64) -> usize {
 pub(crate) struct AtomicHistogram([AtomicU64; BUCKETS]);
 
 impl AtomicHistogram {
-    /// Counts one poll. Single writer only: a load and a store, no locked
-    /// instruction (see `task`).
-    #[inline(always)]
-    pub(crate) fn record(&self, ns: u64) {
-        let bucket = &self.0[bucket_of(ns)];
-        bucket.store(bucket.load(Relaxed).wrapping_add(1), Relaxed);
-    }
-
-    /// Adds `other`; any number of writers.
-    pub(crate) fn add(&self, other: &PollHistogram) {
-        for (total, n) in self.0.iter().zip(other.counts) {
-            if n != 0 {
-                total.fetch_add(n, Relaxed);
-            }
-        }
+    /// Counts one poll; any number of writers.
+    #[inline]
+    pub(crate) fn add_one(&self, ns: u64) {
+        self.0[bucket_of(ns)].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn load(&self) -> PollHistogram {
@@ -111,13 +100,12 @@ mod tests {
     #[test]
     fn atomic_histograms_count_and_sum() {
         let h = AtomicHistogram::default();
-        h.record(10);
-        h.record(5_000);
-        h.record(u64::MAX);
-        h.add(&h.load());
+        h.add_one(10);
+        h.add_one(5_000);
+        h.add_one(u64::MAX);
         let counts = h.load();
-        assert_eq!(counts.total(), 6);
-        assert_eq!((counts.counts[0], counts.counts[1]), (2, 2));
-        assert_eq!(counts.counts[BUCKETS - 1], 2);
+        assert_eq!(counts.total(), 3);
+        assert_eq!((counts.counts[0], counts.counts[1]), (1, 1));
+        assert_eq!(counts.counts[BUCKETS - 1], 1);
     }
 }

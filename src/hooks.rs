@@ -84,8 +84,15 @@ pub trait PreemptionHooks: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PollReport {
-    /// Wall time the poll held its thread.
+    /// Wall time the poll held its thread, at least: exact with
+    /// [`Timing::Exact`](crate::Timing::Exact); with sampled timing the
+    /// poll's length to within one tick when it outlasted a tick, and zero
+    /// when it did not (see [`measured`](PollReport::measured)).
     pub duration: Duration,
+    /// Whether the poll was measured: always with exact timing; with
+    /// sampled timing only when it outlasted a tick of the ticker (a
+    /// shorter poll reads no clock).
+    pub measured: bool,
     /// Whether it exceeded the slow-poll threshold.
     pub slow: bool,
     /// Whether the future completed in this poll.

@@ -109,6 +109,7 @@ mod stats;
 mod sync;
 mod task;
 mod task_core;
+mod ticker;
 mod tier;
 mod timing;
 mod watchdog;
@@ -121,7 +122,7 @@ mod watchdog;
 pub mod bench_internals;
 
 pub use checkpoint::{Checkpoint, checkpoint};
-pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder};
+pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder, Timing};
 pub use engine::{Component, Health};
 pub use histogram::PollHistogram;
 pub use hooks::{PollReport, PreemptionHooks};

@@ -116,20 +116,6 @@ pub(crate) fn tier_changed(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limiter_caps_per_second_and_refills() {
-        let l = RateLimiter::new(3);
-        let s = 1_000_000_000;
-        let allowed = (0..10).filter(|i| l.allow(5 * s + i)).count();
-        assert_eq!(allowed, 3);
-        assert!(l.allow(6 * s));
-    }
-}
-
 /// Emits the event of an origin's change of starting tier: a warning when
 /// its tasks will start higher (rate-limited with the tier warnings), an
 /// `info` when they will start lower.
@@ -154,5 +140,19 @@ pub(crate) fn origin_changed(c: &OriginChange, limiter: &RateLimiter, now_ns: u6
             offenders,
             "new tasks from {origin} now start at {to} after its tasks behaved",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_caps_per_second_and_refills() {
+        let l = RateLimiter::new(3);
+        let s = 1_000_000_000;
+        let allowed = (0..10).filter(|i| l.allow(5 * s + i)).count();
+        assert_eq!(allowed, 3);
+        assert!(l.allow(6 * s));
     }
 }

@@ -174,10 +174,7 @@ impl OriginMemory {
         OriginMemory {
             records: ShardedMap::default(),
             held: AtomicUsize::new(0),
-            per_shard: settings
-                .capacity
-                .div_ceil(ShardedMap::<()>::SHARDS)
-                .max(1),
+            per_shard: settings.capacity.div_ceil(ShardedMap::<()>::SHARDS).max(1),
             clean_tasks: AtomicU32::new(settings.clean_tasks),
             uses: AtomicU64::new(1),
         }
@@ -200,13 +197,10 @@ impl OriginMemory {
 
     #[cold]
     fn start_remembered(&self, origin: OriginRef<'_>) -> Start {
-        let tier = self
-            .records
-            .get(origin.key())
-            .map_or(Tier::Monitor, |r| {
-                r.tasks_seen.fetch_add(1, Relaxed);
-                r.tier()
-            });
+        let tier = self.records.get(origin.key()).map_or(Tier::Monitor, |r| {
+            r.tasks_seen.fetch_add(1, Relaxed);
+            r.tier()
+        });
         Start { tier }
     }
 
@@ -350,7 +344,10 @@ mod tests {
             m.offended(route, Tier::Warn, true);
             tiers.push(m.start(route).tier);
         }
-        assert_eq!(tiers, [Tier::Warn, Tier::Yield, Tier::Isolate, Tier::Isolate]);
+        assert_eq!(
+            tiers,
+            [Tier::Warn, Tier::Yield, Tier::Isolate, Tier::Isolate]
+        );
         // Another route is unaffected.
         assert_eq!(m.start(OriginRef::Name("/fast")).tier, Tier::Monitor);
         let mut steps = Vec::new();
@@ -367,7 +364,10 @@ mod tests {
         let m = memory(64, 3);
         let site = OriginRef::Site(Location::caller());
         let change = m.offended(site, Tier::Isolate, true).unwrap();
-        assert_eq!((change.change.from, change.change.to), (Tier::Monitor, Tier::Isolate));
+        assert_eq!(
+            (change.change.from, change.change.to),
+            (Tier::Monitor, Tier::Isolate)
+        );
         assert_eq!(m.start(site).tier, Tier::Isolate);
         let s = &m.snapshot()[0];
         assert_eq!((s.offenders, s.tasks_seen), (1, 2));
@@ -396,8 +396,16 @@ mod tests {
             if i % 100 == 0 {
                 m.offended(hot, Tier::Isolate, false);
             }
-            assert!(m.len() <= 256 + ShardedMap::<()>::SHARDS, "{} records", m.len());
+            assert!(
+                m.len() <= 256 + ShardedMap::<()>::SHARDS,
+                "{} records",
+                m.len()
+            );
         }
-        assert_eq!(m.start(hot).tier, Tier::Isolate, "the hot offender was evicted");
+        assert_eq!(
+            m.start(hot).tier,
+            Tier::Isolate,
+            "the hot offender was evicted"
+        );
     }
 }

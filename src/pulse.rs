@@ -272,11 +272,7 @@ pub trait PulseExt: Future + Sized {
 
     /// Like [`pulse_send`](PulseExt::pulse_send), with a name.
     #[track_caller]
-    fn pulse_send_named(
-        self,
-        pulse: &Pulse,
-        name: impl Into<Cow<'static, str>>,
-    ) -> Managed<Self>
+    fn pulse_send_named(self, pulse: &Pulse, name: impl Into<Cow<'static, str>>) -> Managed<Self>
     where
         Self: Send + 'static,
         Self::Output: Send + 'static,

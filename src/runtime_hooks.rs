@@ -285,7 +285,9 @@ impl RuntimeHooks {
     fn record(&self, task: &RuntimeTask, start_ns: u64, poll_ns: u64) {
         let limits = &self.tasks().policy.limits;
         let slow = poll_ns > limits.slow_poll_ns;
-        task.shared.record_poll(poll_ns, slow);
+        task.shared.count_poll();
+        task.shared.record_measured(poll_ns, poll_ns, slow);
+        self.tasks().stats.poll_measured(poll_ns);
         // Shorter polls of a task at `Monitor` cannot change its tier.
         if poll_ns >= limits.charge_floor_ns || task.shared.tier() > Tier::Monitor {
             self.judge(task, start_ns, poll_ns);

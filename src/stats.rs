@@ -35,10 +35,19 @@ pub struct Totals {
     pub polls: u64,
     /// Polls over the slow-poll threshold.
     pub slow_polls: u64,
-    /// Wall time spent in polls of managed futures.
+    /// Wall time spent in polls of managed futures: exact with
+    /// [`Timing::Exact`](crate::Timing::Exact), an unbiased estimate from
+    /// the ticks polls span with sampled timing.
     pub poll_time: Duration,
-    /// Polls by duration.
+    /// Measured polls by duration. With sampled timing (the default) a
+    /// poll is measured when it outlasts a tick of the engine's ticker;
+    /// shorter polls are counted in [`polls`](Totals::polls) only (see
+    /// [`Timing`](crate::Timing)).
     pub poll_time_histogram: PollHistogram,
+    /// The sum of the polls counted in
+    /// [`poll_time_histogram`](Totals::poll_time_histogram), each at the
+    /// length it was judged by.
+    pub measured_poll_time: Duration,
     /// Promotions into each tier.
     pub promotions: PerTier<u64>,
     /// Demotions into each tier.
@@ -78,7 +87,9 @@ struct Stripe {
     ended_polls: AtomicU64,
     ended_slow_polls: AtomicU64,
     ended_busy_ns: AtomicU64,
-    ended_histogram: AtomicHistogram,
+    /// Measured polls of live and ended tasks alike, and their sum.
+    histogram: AtomicHistogram,
+    measured_ns: AtomicU64,
 }
 
 /// The calling thread's stripe, assigned round-robin at its first use.
@@ -119,8 +130,15 @@ impl PulseStats {
         s.ended_polls.fetch_add(c.polls, Relaxed);
         s.ended_slow_polls.fetch_add(c.slow_polls, Relaxed);
         s.ended_busy_ns.fetch_add(c.busy_ns, Relaxed);
-        s.ended_histogram.add(&c.histogram);
         s.tasks_ended.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a measured poll of `ns` in the poll-time histogram.
+    #[inline]
+    pub(crate) fn poll_measured(&self, ns: u64) {
+        let s = self.stripe();
+        s.histogram.add_one(ns);
+        s.measured_ns.fetch_add(ns, Relaxed);
     }
 
     pub(crate) fn tier_changed(&self, from: Tier, to: Tier) {
@@ -148,22 +166,23 @@ impl PulseStats {
             isolated_tasks: self.isolated.load(Relaxed),
             ..Totals::default()
         };
-        let mut busy_ns = 0;
+        let (mut busy_ns, mut measured_ns) = (0, 0);
         for s in &self.stripes {
+            measured_ns += load(&s.measured_ns);
             t.tasks_spawned += load(&s.tasks_spawned);
             t.tasks_ended += load(&s.tasks_ended);
             t.polls += load(&s.ended_polls);
             t.slow_polls += load(&s.ended_slow_polls);
             busy_ns += load(&s.ended_busy_ns);
-            t.poll_time_histogram.add(&s.ended_histogram.load());
+            t.poll_time_histogram.add(&s.histogram.load());
         }
         for c in live {
             t.polls += c.polls;
             t.slow_polls += c.slow_polls;
             busy_ns += c.busy_ns;
-            t.poll_time_histogram.add(&c.histogram);
         }
         t.poll_time = Duration::from_nanos(busy_ns);
+        t.measured_poll_time = Duration::from_nanos(measured_ns);
         t
     }
 }

@@ -12,7 +12,6 @@ use std::fmt;
 use std::panic::Location;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::histogram::{AtomicHistogram, PollHistogram};
 use crate::origins::OriginRef;
 use crate::sync::{AtomicBool, AtomicU8, AtomicU64, WakerSlot};
 use crate::tier::Tier;
@@ -45,17 +44,15 @@ impl fmt::Display for TaskId {
 
 /// Identity and live counters of one managed task.
 ///
-/// `repr(C)` keeps the fields every poll writes (polls, busy time, the
-/// longest poll, and the histogram's first buckets, where short polls land)
-/// together at the front, right after the `Arc`'s counts, so that a poll
-/// usually dirties one cache line of the task's state rather than three.
+/// `repr(C)` keeps the field every poll writes (the poll count) at the
+/// front, right after the `Arc`'s counts, with the fields measured polls
+/// write just behind it.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct TaskShared {
     polls: AtomicU64,
     busy_ns: AtomicU64,
     max_poll_ns: AtomicU64,
-    histogram: AtomicHistogram,
     slow_polls: AtomicU64,
     cpu_ns: AtomicU64,
     pub id: TaskId,
@@ -133,7 +130,6 @@ impl TaskShared {
             busy_ns: AtomicU64::new(0),
             max_poll_ns: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
-            histogram: Default::default(),
             stuck_reports: AtomicU64::new(0),
             forced_tier: AtomicU8::new(0),
             offended: AtomicBool::new(false),
@@ -149,12 +145,19 @@ impl TaskShared {
         self.tier.store(tier as u8, Relaxed);
     }
 
-    /// Records one poll. Called only by the thread that just polled the task.
-    #[inline]
-    pub(crate) fn record_poll(&self, poll_ns: u64, slow: bool) {
+    /// Counts one poll. Called only by the thread that just polled the task.
+    #[inline(always)]
+    pub(crate) fn count_poll(&self) {
         bump(&self.polls, 1);
-        bump(&self.busy_ns, poll_ns);
-        self.histogram.record(poll_ns);
+    }
+
+    /// Records what was measured of one poll: `poll_ns`, what it is judged
+    /// to have taken (a lower bound), `busy_ns`, what it adds to the
+    /// estimate of the task's busy time (see `task_core`), and whether it
+    /// was slow. Called only by the thread that just polled the task.
+    #[inline]
+    pub(crate) fn record_measured(&self, poll_ns: u64, busy_ns: u64, slow: bool) {
+        bump(&self.busy_ns, busy_ns);
         if slow {
             bump(&self.slow_polls, 1);
         }
@@ -212,7 +215,6 @@ impl TaskShared {
             max_poll_ns: self.max_poll_ns.load(Relaxed),
             cpu_ns: self.cpu_ns.load(Relaxed),
             stuck_reports: self.stuck_reports.load(Relaxed),
-            histogram: self.histogram.load(),
         }
     }
 }
@@ -232,7 +234,6 @@ pub(crate) struct Counters {
     pub max_poll_ns: u64,
     pub cpu_ns: u64,
     pub stuck_reports: u64,
-    pub histogram: PollHistogram,
 }
 
 /// A borrowed view of a managed task, handed to [`PreemptionHooks`](crate::PreemptionHooks).

@@ -12,15 +12,17 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use crate::checkpoint::defer;
-use crate::context::{CurrentPoll, PollScope};
+use crate::context::{PollScope, ThreadSlot};
 use crate::engine::{Engine, Scope};
 use crate::hooks::{Hook, PollReport};
 use crate::isolation::{Isolated, PoolPoll};
 use crate::observe::ChangeCause;
 use crate::slow_lane::Wait;
 use crate::task::{TaskInfo, TaskShared};
+use crate::ticker::Tick;
 use crate::tier::{Escalation, EscalationPolicy, Step, Tier, TierChange};
-use crate::timing::{clock, cpu::thread_cpu_ns, nanos};
+use crate::timing::schedstat::charged;
+use crate::timing::{clock, nanos};
 
 pub(crate) struct TaskCore<F: Future> {
     future: Pin<Box<F>>,
@@ -176,8 +178,9 @@ impl<F: Future> TaskCore<F> {
         self.poll_timed(cx, tier).0
     }
 
-    /// The measured poll: returns the future's result and the poll's
-    /// wall time in nanoseconds.
+    /// The managed poll: returns the future's result and how long the
+    /// poll is judged to have taken, in nanoseconds (0 for a poll shorter
+    /// than a tick; see `ticker`).
     #[inline]
     fn poll_timed(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
         let hooks = self.engine.hooks.is_installed();
@@ -187,65 +190,135 @@ impl<F: Future> TaskCore<F> {
                 .hooks
                 .call(Hook::BeforePoll, |h| h.before_poll(&info));
         }
-        // Only suspects pay for a CPU-time read (see `Escalation::measures_cpu`).
-        let cpu_start = if self.escalation.measures_cpu() {
-            thread_cpu_ns()
-        } else {
-            None
+        let engine = &*self.engine;
+        let ticker = &engine.ticker;
+        let exact = engine.exact_timing();
+        let start_tick = ticker.read();
+        if start_tick.idle() {
+            ticker.wake(start_tick);
+        }
+        let start_ns = if exact { clock().now_ns() } else { 0 };
+        let (out, published) = {
+            let scope = PollScope::enter(self.task.id.0, ticker, start_tick, tier >= Tier::Yield);
+            let out = self.future.as_mut().poll(cx);
+            (out, scope.slot())
         };
-        let slice_ns = self.policy.limits.slow_poll_ns >> if tier >= Tier::Yield { 2 } else { 1 };
-        let clock = clock();
-        let start = clock.now_ns();
-        let out = {
-            let _scope = PollScope::enter(CurrentPoll {
-                start_ns: start,
-                slice_ns,
-                task_id: self.task.id.0,
-                pulse_id: self.engine.id,
-            });
-            self.future.as_mut().poll(cx)
-        };
-        let end = clock.now_ns();
-        let cpu_ns = cpu_start.and_then(|c0| Some(thread_cpu_ns()?.saturating_sub(c0)));
-        let poll_ns = self.account(start, end, cpu_ns, out.is_ready(), hooks);
+        let end_tick = ticker.read();
+        self.task.count_poll();
+        let ready = out.is_ready();
+        if !exact && end_tick.count() == start_tick.count() {
+            // Shorter than a tick: nothing to measure. Only a window that
+            // has run its course closes, at the time of the latest tick.
+            let now = ticker.latest_ns();
+            if let Some(step) = self.escalation.on_poll(&self.policy, now, now) {
+                self.judged(
+                    step,
+                    ChangeCause {
+                        poll_ns: 0,
+                        cpu_ns: None,
+                    },
+                    now,
+                );
+            }
+            if hooks {
+                self.report_poll(0, false, ready);
+            }
+            return (out, 0);
+        }
+        let poll_ns = self.measured(start_tick, end_tick, start_ns, published, ready, hooks);
         (out, poll_ns)
     }
 
-    #[inline]
-    /// Records one poll; returns its wall time in nanoseconds.
-    fn account(
+    /// The rest of a poll that outlasted a tick (or of every poll, with
+    /// exact timing): reads the clock, judges the poll by how long it
+    /// certainly ran, and records it. Returns that length.
+    #[inline(never)]
+    fn measured(
         &mut self,
-        start: u64,
-        end: u64,
-        cpu_ns: Option<u64>,
+        start_tick: Tick,
+        end_tick: Tick,
+        start_ns: u64,
+        published: Option<(&ThreadSlot, u64)>,
         ready: bool,
         hooks: bool,
     ) -> u64 {
-        let poll_ns = end.saturating_sub(start);
+        let end = clock().now_ns();
+        let ticker = &self.engine.ticker;
+        let sighting = published.and_then(|(slot, seq)| slot.sightings().of(seq));
+        let (wall_ns, busy_ns) = if start_ns != 0 {
+            let wall_ns = end.saturating_sub(start_ns);
+            (wall_ns, wall_ns)
+        } else {
+            // The poll was running at the first tick after it started (or
+            // when the ticker first saw it, for a poll longer than the
+            // ring): it ran at least from then.
+            let running_since = ticker
+                .time_of(start_tick.count() + 1, end_tick)
+                .or(sighting.map(|s| s.first_ns))
+                .unwrap_or(end);
+            let wall_ns = end.saturating_sub(running_since);
+            // Each tick a poll spans charges it the tick's period: the
+            // expected charge of a poll of random phase is its length.
+            let spanned = match (
+                ticker.time_of(start_tick.count(), end_tick),
+                ticker.time_of(end_tick.count(), end_tick),
+            ) {
+                (Some(first), Some(last)) => last.saturating_sub(first),
+                _ => wall_ns,
+            };
+            (wall_ns, spanned)
+        };
+        // A long poll is charged only the time its thread could run: not
+        // the time the OS gave the CPU to others (see `schedstat`).
+        let (poll_ns, cpu_ns) = match (published, sighting.and_then(|s| s.stamp)) {
+            (Some((slot, _)), Some((stamp_ns, before)))
+                if wall_ns >= self.policy.limits.charge_floor_ns =>
+            {
+                match slot.own_figures() {
+                    Some(now) => {
+                        let c = charged(wall_ns, end.saturating_sub(stamp_ns), now.since(before));
+                        (c.run_ns, c.cpu_ns)
+                    }
+                    None => (wall_ns, None),
+                }
+            }
+            _ => (wall_ns, None),
+        };
+        if let Some(cpu) = cpu_ns {
+            self.task.record_cpu(cpu);
+        }
+        if poll_ns >= self.policy.limits.charge_floor_ns {
+            ticker.want_fine();
+        }
         // This poll is reported here; an observing runtime hook must not
         // charge it to the task that polled this future too.
         #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
         crate::runtime_hooks::managed_poll_done(poll_ns);
         let slow = poll_ns > self.policy.limits.slow_poll_ns;
-        self.task.record_poll(poll_ns, slow);
-        if let Some(cpu) = cpu_ns {
-            self.task.record_cpu(cpu);
-        }
+        self.task.record_measured(poll_ns, busy_ns, slow);
+        self.engine.stats.poll_measured(poll_ns);
+        let start = end.saturating_sub(poll_ns);
         if let Some(step) = self.escalation.on_poll(&self.policy, start, end) {
             self.judged(step, ChangeCause { poll_ns, cpu_ns }, end);
         }
         if hooks {
-            let info = TaskInfo { shared: &self.task };
-            let report = PollReport {
-                duration: nanos(poll_ns),
-                slow,
-                ready,
-            };
-            self.engine
-                .hooks
-                .call(Hook::AfterPoll, |h| h.after_poll(&info, &report));
+            self.report_poll(poll_ns, true, ready);
         }
         poll_ns
+    }
+
+    /// Calls the `after_poll` hook.
+    fn report_poll(&self, poll_ns: u64, measured: bool, ready: bool) {
+        let info = TaskInfo { shared: &self.task };
+        let report = PollReport {
+            duration: nanos(poll_ns),
+            measured,
+            slow: poll_ns > self.policy.limits.slow_poll_ns,
+            ready,
+        };
+        self.engine
+            .hooks
+            .call(Hook::AfterPoll, |h| h.after_poll(&info, &report));
     }
 
     fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {

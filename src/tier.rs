@@ -193,8 +193,6 @@ pub(crate) struct Escalation {
     tier: Tier,
     window: WindowBudget,
     clean_streak: u32,
-    /// The last poll was long enough to be charged to the budget.
-    last_poll_charged: bool,
 }
 
 impl Escalation {
@@ -205,24 +203,11 @@ impl Escalation {
             tier,
             window: WindowBudget::new(now_ns),
             clean_streak: 0,
-            last_poll_charged: false,
         }
     }
 
     pub(crate) fn tier(&self) -> Tier {
         self.tier
-    }
-
-    /// Whether to read thread CPU time around the next poll: only for a
-    /// suspect (`Warn` and above) whose last poll was long enough to be
-    /// charged. CPU time tells a hog from a blocker, which only matters for
-    /// long polls, and a read costs a system call (see `timing::cpu`): reading it
-    /// around every poll of a suspect made its short polls cost over ten
-    /// times a well-behaved task's. A task whose polls are long keeps being
-    /// measured; one that has gone back to short polls pays nothing.
-    #[inline]
-    pub(crate) fn measures_cpu(&self) -> bool {
-        self.tier >= Tier::Warn && self.last_poll_charged
     }
 
     /// Feeds one poll; returns what it decided, if anything.
@@ -233,7 +218,6 @@ impl Escalation {
         start_ns: u64,
         end_ns: u64,
     ) -> Option<Step> {
-        self.last_poll_charged = end_ns.saturating_sub(start_ns) >= policy.limits.charge_floor_ns;
         match self.window.charge(&policy.limits, start_ns, end_ns) {
             WindowVerdict::Open => None,
             WindowVerdict::Bad => {
@@ -325,19 +309,6 @@ mod tests {
             t += MS;
         }
         assert_eq!(steps, [Tier::Yield, Tier::Warn, Tier::Monitor]);
-    }
-
-    #[test]
-    fn cpu_time_is_read_for_suspects_whose_polls_are_long() {
-        let p = policy(1, 3, Tier::Isolate);
-        let mut e = Escalation::starting_at(Tier::Monitor, 0);
-        e.on_poll(&p, 0, 10_000);
-        assert!(!e.measures_cpu(), "a well-behaved task is measured");
-        e.on_poll(&p, MS, 3 * MS);
-        assert_eq!(e.tier(), Tier::Warn);
-        assert!(e.measures_cpu(), "a hog's next poll is not measured");
-        e.on_poll(&p, 4 * MS, 4 * MS + 10_000);
-        assert!(!e.measures_cpu(), "a suspect's short polls are measured");
     }
 
     #[test]

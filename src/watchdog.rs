@@ -1,13 +1,14 @@
-//! The stuck-poll watchdog: finding polls that have run too long, and
-//! reporting them while they still run.
+//! The stuck-poll watchdog: reporting polls that have run too long while
+//! they still run.
 //!
-//! The engine runs [`scan`] on a plain OS thread, not a Tokio task: a stuck
-//! poll may hold every worker, and the watchdog must still run. It reads
-//! the thread slots that managed polls publish their start in (see
-//! `context`). A poll found running past the threshold is reported once,
-//! while it is still running: a `tracing` error naming the task and its
-//! spawn site, a counter, an entry in `Pulse::snapshot()`, and a request
-//! that the task's next poll be isolated.
+//! The engine's ticker runs it at each tick: a plain OS thread, not a Tokio
+//! task, because a stuck poll may hold every worker and the watchdog must
+//! still run. A poll is charged from the moment the ticker first saw it
+//! running (see `context::Sightings`), so "running for 100 ms" means at
+//! least 100 ms. A poll found past the threshold is reported once, while it
+//! is still running: a `tracing` error naming the task and its spawn site,
+//! a counter, an entry in `Pulse::snapshot()`, and a request that the
+//! task's next poll be isolated.
 //!
 //! Capturing the stuck thread's backtrace is not done: Rust cannot walk
 //! another thread's stack without signal-handler tricks. The report names
@@ -16,57 +17,31 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::context::{self, CurrentPoll, ThreadSlot};
+use crate::context::{self, Running, ThreadSlot};
 use crate::registry::Registry;
 use crate::snapshot::StuckPoll;
 use crate::stats::PulseStats;
 use crate::task::TaskId;
+use crate::ticker::Ticker;
 use crate::tier::Tier;
 use crate::timing::{as_nanos, clock};
 
-/// How often to look: a quarter of the threshold, so a stuck poll is
-/// reported at most 25 % late.
-pub(crate) fn period(threshold: Duration) -> Duration {
-    (threshold / 4).clamp(Duration::from_millis(1), Duration::from_millis(250))
-}
-
-/// Calls `f` with each poll of `pulse_id`'s tasks that has been running
-/// for at least `min_ns` at `now_ns`, and the slot it runs in.
-fn for_each_running(
-    pulse_id: u64,
-    min_ns: u64,
-    now_ns: u64,
-    mut f: impl FnMut(&ThreadSlot, CurrentPoll, u64),
-) {
-    context::for_each_slot(|slot| {
-        let Some(poll) = slot.read() else { return };
-        let running_ns = now_ns.saturating_sub(poll.start_ns);
-        if poll.pulse_id == pulse_id && running_ns >= min_ns {
-            f(slot, poll, running_ns);
-        }
-    });
-}
-
-/// Reports every poll of `pulse_id`'s tasks running past `threshold_ns`
-/// that was not reported before.
-pub(crate) fn scan(pulse_id: u64, threshold_ns: u64, registry: &Registry, stats: &PulseStats) {
-    let now = clock().now_ns();
-    for_each_running(pulse_id, threshold_ns, now, |slot, poll, running_ns| {
-        if slot.reported_start_ns.swap(poll.start_ns, Relaxed) == poll.start_ns {
-            return; // this poll was reported already
-        }
-        report(registry, stats, slot, poll, running_ns);
-    });
-}
-
-fn report(
+/// Reports `poll` (on `slot`'s thread, running at least `running_ns`) if
+/// that is past `threshold_ns` and it was not reported before.
+pub(crate) fn check(
+    slot: &ThreadSlot,
+    poll: Running,
+    running_ns: u64,
+    threshold_ns: u64,
     registry: &Registry,
     stats: &PulseStats,
-    slot: &ThreadSlot,
-    poll: CurrentPoll,
-    running_ns: u64,
 ) {
-    let Some(task) = registry.get(TaskId(poll.task_id)) else {
+    if running_ns < threshold_ns
+        || slot.sightings().reported_seq.swap(poll.seq, Relaxed) == poll.seq
+    {
+        return;
+    }
+    let Some(task) = registry.get(TaskId(poll.task)) else {
         return; // ended in the meantime
     };
     task.record_stuck();
@@ -79,7 +54,7 @@ fn report(
         "the task is already isolated, off the main workers"
     };
     tracing::error!(
-        task.id = poll.task_id,
+        task.id = poll.task,
         task.name = task.name.as_deref().unwrap_or(""),
         task.location = %task.location,
         thread = slot.thread_name.as_deref().unwrap_or("<unnamed>"),
@@ -88,20 +63,26 @@ fn report(
     );
 }
 
-/// Polls of `pulse_id`'s tasks running now for at least `min`.
-pub(crate) fn stuck_polls(pulse_id: u64, min: Duration) -> Vec<StuckPoll> {
+/// Polls of the engine of `ticker` that have been running now for at
+/// least `min`, counted from when its ticker first saw them.
+pub(crate) fn stuck_polls(ticker: &Ticker, min: Duration) -> Vec<StuckPoll> {
+    let (now, min_ns) = (clock().now_ns(), as_nanos(min));
     let mut found = Vec::new();
-    for_each_running(
-        pulse_id,
-        as_nanos(min),
-        clock().now_ns(),
-        |slot, poll, running_ns| {
+    context::for_each_slot(|slot| {
+        let Some(poll) = slot.read().filter(|p| std::ptr::eq(p.ticker, ticker)) else {
+            return;
+        };
+        let Some(seen) = slot.sightings().of(poll.seq) else {
+            return;
+        };
+        let running_ns = now.saturating_sub(seen.first_ns);
+        if running_ns >= min_ns {
             found.push(StuckPoll {
-                task: TaskId(poll.task_id),
+                task: TaskId(poll.task),
                 running_for: Duration::from_nanos(running_ns),
                 thread: slot.thread_name.clone(),
             });
-        },
-    );
+        }
+    });
     found
 }

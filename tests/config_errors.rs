@@ -389,7 +389,7 @@ fn a_rejected_reconfigure_changes_nothing() {
         .unwrap();
     let slow = Arc::new(SlowPolls::default());
     pulse.set_hooks(slow.clone());
-    // A valid threshold that would make a 3 ms poll fine, with an invalid
+    // A valid threshold that would make a 20 ms poll fine, with an invalid
     // budget: refused as a whole.
     pulse
         .reconfigure(
@@ -398,14 +398,16 @@ fn a_rejected_reconfigure_changes_nothing() {
                 .cpu_budget(Duration::ZERO),
         )
         .unwrap_err();
-    let poll_3ms = std::future::poll_fn(|_| {
-        std::thread::sleep(Duration::from_millis(3));
+    // Blocked in a sleep, not waiting for a CPU: charged in full however
+    // loaded the machine is.
+    let poll_20ms = std::future::poll_fn(|_| {
+        std::thread::sleep(Duration::from_millis(20));
         std::task::Poll::Ready(())
     });
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(poll_3ms.pulse(&pulse));
+        .block_on(poll_20ms.pulse(&pulse));
     assert_eq!(
         slow.0.load(Relaxed),
         1,

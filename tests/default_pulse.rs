@@ -34,7 +34,10 @@ fn free_spawn_runs_unmanaged_until_a_default_is_set_then_manages_every_task() {
         1,
         "{text}"
     );
-    assert!(text.contains(file!()), "the warning names the call site: {text}");
+    assert!(
+        text.contains(file!()),
+        "the warning names the call site: {text}"
+    );
 
     // With a default: managed, with the caller's site and name.
     let pulse = Pulse::new();

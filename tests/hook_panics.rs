@@ -62,7 +62,9 @@ fn text(out: &Captured) -> String {
 #[test]
 fn a_panicking_after_poll_hook_leaves_the_tasks_output_intact() {
     let (out, _guard) = capture_errors();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let pulse = Pulse::new();
     let hooks = Arc::new(PanicsIn {
         after_poll: true,
@@ -85,7 +87,8 @@ fn a_panicking_after_poll_hook_leaves_the_tasks_output_intact() {
     );
     let log = text(&out);
     assert_eq!(
-        log.matches("PreemptionHooks::after_poll call panicked").count(),
+        log.matches("PreemptionHooks::after_poll call panicked")
+            .count(),
         1,
         "reported not once: {log}"
     );
@@ -102,7 +105,9 @@ fn a_panicking_after_poll_hook_leaves_the_tasks_output_intact() {
 fn a_panicking_tier_change_hook_does_not_kill_the_task_being_promoted() {
     let (out, _guard) = capture_errors();
     // On this thread, where the events are captured.
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let pulse = Pulse::builder()
         .slow_poll_threshold(Duration::from_millis(1))
         .build()
@@ -131,7 +136,9 @@ fn a_panicking_tier_change_hook_does_not_kill_the_task_being_promoted() {
 #[test]
 fn a_panicking_task_end_hook_leaves_the_result_and_the_next_tasks_alone() {
     let (_out, _guard) = capture_errors();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let pulse = Pulse::new();
     pulse.set_hooks(Arc::new(PanicsIn {
         task_end: true,

@@ -120,7 +120,9 @@ fn a_send_future_run_by_a_join_set_can_be_isolated_and_keeps_its_output() {
 
 #[test]
 fn a_future_that_is_not_send_is_managed_but_never_moved() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let pulse = Pulse::new();
     let local = tokio::task::LocalSet::new();
     let rc = std::rc::Rc::new(());
@@ -142,7 +144,11 @@ fn a_future_that_is_not_send_is_managed_but_never_moved() {
     });
     assert!(!on_pool(&out));
     assert_eq!(
-        pulse.snapshot().origin_named("local").unwrap().starting_tier,
+        pulse
+            .snapshot()
+            .origin_named("local")
+            .unwrap()
+            .starting_tier,
         Tier::Isolate
     );
     assert_eq!(pulse.totals().promotions[Tier::Isolate], 0);

@@ -71,9 +71,7 @@ fn yield_tier_hogs_never_hold_more_slots_than_the_lane_has() {
         }
         // Wait until every hog has been promoted, and the lane has served
         // a good number of polls.
-        while pulse.snapshot().count(Tier::Yield) < 8
-            || occupancy.lane_polls.load(SeqCst) < 200
-        {
+        while pulse.snapshot().count(Tier::Yield) < 8 || occupancy.lane_polls.load(SeqCst) < 200 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // A well-behaved task beside them still gets polled.
@@ -95,7 +93,10 @@ fn yield_tier_hogs_never_hold_more_slots_than_the_lane_has() {
     assert_eq!(quick_polls, 50);
     let t = pulse.totals();
     assert_eq!(t.promotions[Tier::Isolate], 0, "isolation was off");
-    assert!(t.promotions[Tier::Yield] >= 8, "hogs not in the slow lane: {t:?}");
+    assert!(
+        t.promotions[Tier::Yield] >= 8,
+        "hogs not in the slow lane: {t:?}"
+    );
     assert_eq!(
         occupancy.most.load(SeqCst),
         1,

@@ -178,7 +178,10 @@ async fn serve_remembering(pulse: Pulse, seen: Arc<Mutex<Vec<(String, String)>>>
             "/heavy",
             get(move || async move {
                 spin(Duration::from_millis(20));
-                heavy_seen.lock().unwrap().push(("/heavy".into(), thread_name()));
+                heavy_seen
+                    .lock()
+                    .unwrap()
+                    .push(("/heavy".into(), thread_name()));
                 "heavy"
             }),
         )
@@ -246,5 +249,9 @@ fn requests_to_a_route_that_blocks_in_one_poll_start_isolated_after_the_first_fe
     let snapshot = pulse.snapshot();
     let route = snapshot.origin_named("/heavy").expect("/heavy remembered");
     assert_eq!(route.starting_tier, Tier::Isolate);
-    assert!(snapshot.origin_named("/fast").is_none(), "{:?}", snapshot.origins);
+    assert!(
+        snapshot.origin_named("/fast").is_none(),
+        "{:?}",
+        snapshot.origins
+    );
 }

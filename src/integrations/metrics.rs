@@ -57,9 +57,9 @@ const ORIGINS: &str = "tokio_pulse_origins";
 /// | `tokio_pulse_slow_polls_total` | counter | `scope` | polls over the slow-poll threshold |
 /// | `tokio_pulse_promotions_total` | counter | `scope`, `tier` | promotions into `tier`: each is a bad window (too many slow polls, or over budget) |
 /// | `tokio_pulse_demotions_total` | counter | `scope`, `tier` | demotions into `tier` after a run of clean windows |
-/// | `tokio_pulse_poll_duration_seconds_bucket` | counter | `scope`, `le` | polls that took less than `le` seconds |
-/// | `tokio_pulse_poll_duration_seconds_count` | counter | `scope` | polls measured (equals the `le="+Inf"` bucket) |
-/// | `tokio_pulse_poll_duration_seconds_sum` | gauge | `scope` | total time spent in polls, in seconds |
+/// | `tokio_pulse_poll_duration_seconds_bucket` | counter | `scope`, `le` | measured polls that took less than `le` seconds |
+/// | `tokio_pulse_poll_duration_seconds_count` | counter | `scope` | polls measured (equals the `le="+Inf"` bucket; with sampled timing, the polls that outlasted a tick, see [`Timing`](crate::Timing)) |
+/// | `tokio_pulse_poll_duration_seconds_sum` | gauge | `scope` | total time of the measured polls, in seconds |
 /// | `tokio_pulse_watchdog_reports_total` | counter | `scope="managed"` | polls the watchdog found stuck while running |
 /// | `tokio_pulse_slow_lane_queue_depth` | gauge | `scope="managed"` | `Yield`-tier tasks waiting for a slow-lane slot |
 /// | `tokio_pulse_isolated_tasks` | gauge | `scope="managed"` | tasks running on the isolation pool now (`tasks{tier="isolate"}` also counts isolated tasks that could not move) |
@@ -352,9 +352,9 @@ impl ScopeSeries {
                 watchdog_reports: Monotonic::new(counter!(WATCHDOG_REPORTS, "scope" => scope)),
                 slow_lane_waiting: gauge!(SLOW_LANE_WAITING, "scope" => scope),
                 isolated: gauge!(ISOLATED, "scope" => scope),
-                origins: PerTier::from_fn(|t| {
-                    gauge!(ORIGINS, "scope" => scope, "tier" => t.as_str())
-                }),
+                origins: PerTier::from_fn(
+                    |t| gauge!(ORIGINS, "scope" => scope, "tier" => t.as_str()),
+                ),
             }),
         }
     }
@@ -385,7 +385,7 @@ impl ScopeSeries {
             bucket.set(cumulative);
         }
         self.count.set(cumulative);
-        let sum = totals.poll_time.as_secs_f64();
+        let sum = totals.measured_poll_time.as_secs_f64();
         if sum > self.sum_last {
             self.sum_last = sum;
             self.sum.set(sum);

@@ -18,7 +18,7 @@
 //!
 //! [`Tier::Warn`]: crate::Tier::Warn
 
-pub(crate) mod cpu;
+pub(crate) mod schedstat;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -7,11 +7,35 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_pulse::{PreemptionHooks, TaskInfo, Tier};
 
-/// Burns CPU on the calling thread for `d`, without yielding: a hog's poll.
+/// Burns `d` of CPU time on the calling thread, without yielding: a hog's
+/// poll. Counted in the thread's CPU time, not the wall clock's, so a hog is
+/// as big a hog on a loaded machine (where the OS also runs other things
+/// while it spins, which tokio-pulse does not blame it for) as on a quiet
+/// one.
 pub fn spin(d: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < d {
+    let start = thread_cpu();
+    while thread_cpu() - start < d {
         std::hint::spin_loop();
+    }
+}
+
+/// The calling thread's CPU time (wall time where the platform cannot tell).
+pub fn thread_cpu() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::sync::OnceLock;
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
     }
 }
 
