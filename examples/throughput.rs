@@ -4,7 +4,9 @@
 //! process, as a table of medians and ratios against plain Tokio.
 //!
 //! `cargo run --release --example throughput [-- --rounds N] [--workers N]
-//! [--only NAME] [--runtime multi|current]`.
+//! [--only NAME] [--runtime multi|current] [--variant plain|metrics|pulse]`
+//! (`--variant` runs that variant alone and prints its throughput, for a
+//! profiler).
 //!
 //! The poll-heavy workloads do almost nothing per poll, so they show the
 //! per-poll cost of management at its most visible; the `work` rows do 1,
@@ -259,6 +261,29 @@ fn main() {
             .build()
             .expect("runtime");
         runtimes.push(("current_thread".to_owned(), rt));
+    }
+    if let Some(variant) = value(&args, "--variant") {
+        let spawner = match variant.as_str() {
+            "plain" => Spawner::Plain,
+            "metrics" => Spawner::Metrics(TaskMonitor::new()),
+            "pulse" => Spawner::Pulse(pulse.clone()),
+            other => panic!("--variant is plain, metrics or pulse, not {other}"),
+        };
+        for (rt_name, rt) in &runtimes {
+            for w in WORKLOADS
+                .iter()
+                .filter(|w| only.as_deref().is_none_or(|o| w.name.contains(o)))
+            {
+                let rates = (0..rounds).map(|_| rate(rt, w, &spawner)).collect();
+                println!(
+                    "{rt_name} {}: {:.2} M{}/s",
+                    w.name,
+                    common::median(rates) / 1e6,
+                    w.unit
+                );
+            }
+        }
+        return;
     }
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!(

@@ -218,14 +218,16 @@ impl ThreadSlot {
         &self.seen
     }
 
-    /// Publishes a poll that starts. Returns its sequence number.
+    /// Publishes a poll that starts. Returns its sequence number, and the
+    /// poll it is nested in, if any (whose publication it ends, so that no
+    /// reader pairs that one's sequence with these words).
     #[inline(always)]
-    fn start(&self, task: u64, ticker: *const Ticker, start: u64) -> u64 {
+    fn start(&self, task: u64, ticker: *const Ticker, start: u64) -> (u64, Option<Running>) {
         let w = &self.poll;
         let mut seq = w.seq.load(Relaxed);
+        let mut outer = None;
         if seq % 2 == 1 {
-            // Nested in another managed poll: end that one's publication
-            // first, so no reader pairs its sequence with these words.
+            outer = Some(self.own_running(seq));
             seq += 1;
             w.seq.store(seq, Relaxed);
             fence(Release);
@@ -234,7 +236,20 @@ impl ThreadSlot {
         w.ticker.store(ticker.cast_mut(), Relaxed);
         w.start.store(start, Relaxed);
         w.seq.store(seq + 1, Release);
-        seq + 1
+        (seq + 1, outer)
+    }
+
+    /// The poll this thread is running (read by the thread itself, which
+    /// alone writes these words: no need for the seqlock).
+    #[cold]
+    fn own_running(&self, seq: u64) -> Running {
+        let w = &self.poll;
+        Running {
+            seq,
+            task: w.task.load(Relaxed),
+            ticker: w.ticker.load(Relaxed),
+            start: w.start.load(Relaxed),
+        }
     }
 
     /// Ends the poll published with `seq`.
@@ -357,8 +372,7 @@ impl PollScope {
                 outer: None,
             };
         };
-        let outer = slot.read();
-        let seq = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice));
+        let (seq, outer) = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice));
         PollScope {
             slot: Some(slot),
             seq,
@@ -397,7 +411,7 @@ mod loom_models {
     fn loom_a_slot_reading_never_mixes_two_polls() {
         loom::model(|| {
             let slot = Arc::new(ThreadSlot::new(None, 0));
-            let first = slot.start(1, ptr::null(), 10);
+            let (first, _) = slot.start(1, ptr::null(), 10);
             let writer = {
                 let slot = slot.clone();
                 thread::spawn(move || {
@@ -418,7 +432,7 @@ mod loom_models {
     fn loom_a_nested_poll_is_never_read_with_the_outer_ones_sequence() {
         loom::model(|| {
             let slot = Arc::new(ThreadSlot::new(None, 0));
-            let outer = slot.start(1, ptr::null(), 10);
+            let (outer, _) = slot.start(1, ptr::null(), 10);
             let writer = {
                 let slot = slot.clone();
                 thread::spawn(move || {

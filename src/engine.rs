@@ -421,7 +421,6 @@ impl Engine {
             if noted.first_ns >= now_ns {
                 return;
             }
-            seen.long_poll = true;
             let Some(threshold_ns) = threshold else {
                 return;
             };
@@ -533,10 +532,8 @@ fn start_ticker(engine: Weak<Engine>) -> std::io::Result<std::thread::Thread> {
             }
             // A panic here can only come from user code (a `tracing`
             // subscriber in a watchdog report); the ticker carries on.
-            let seen = catch(|| engine.tick(now, idle, &mut slots)).unwrap_or(Seen {
-                activity: true,
-                long_poll: false,
-            });
+            let seen =
+                catch(|| engine.tick(now, idle, &mut slots)).unwrap_or(Seen { activity: true });
             let slow_poll = engine.config().slow_poll_threshold;
             (period, idle) = pace.next(&engine.ticker, seen, now, slow_poll);
         }

@@ -23,10 +23,11 @@
 //!   about: a poll that outlasts a tick asks for it, and it stays for a
 //!   while after the last one. This is the resolution long polls are judged
 //!   at.
-//! - **coarse**, the slow-poll threshold, while polls run but all are
-//!   short: nothing to resolve finely, and a quarter of the wake-ups. A long
-//!   poll starting in this pace is measured to within one coarse period and
-//!   switches the pace to fine for the polls after it.
+//! - **coarse**, twice the slow-poll threshold, while polls run but all
+//!   are short: nothing to resolve finely, and an eighth of the wake-ups. A
+//!   long poll starting in this pace is measured to within one coarse
+//!   period, and when it ends it switches the pace to fine for the polls
+//!   after it (a hog is judged finely from its second long poll on).
 //! - **idle**: no managed poll since the last ticks, so the period doubles,
 //!   up to [`IDLE_PERIOD`], and the tick word carries a flag that the next
 //!   poll to start sees: it wakes the ticker, which goes back to fine.
@@ -50,8 +51,9 @@ const IDLE: u64 = 1;
 
 /// The longest an idle ticker sleeps: a stuck poll that starts while the
 /// ticker sleeps (the rare race its wake-up flag cannot close, see
-/// [`Ticker::wake`]) is still seen within this.
-pub(crate) const IDLE_PERIOD: Duration = Duration::from_millis(100);
+/// [`Ticker::wake`]) is still seen within this. Four wake-ups a second cost
+/// an idle `Pulse` next to nothing.
+pub(crate) const IDLE_PERIOD: Duration = Duration::from_millis(250);
 
 /// How long the pace stays fine after the last long poll.
 const FINE_HOLD: Duration = Duration::from_millis(250);
@@ -82,6 +84,8 @@ struct Hot {
     latest_ns: AtomicU64,
     /// The slow-poll threshold in force, for `checkpoint`'s slices.
     slow_poll_ns: AtomicU64,
+    /// The pace is fine: ticks come a quarter threshold apart.
+    fine: AtomicBool,
 }
 
 /// A reading of the tick word.
@@ -115,6 +119,7 @@ impl Ticker {
                 word: AtomicU64::new(0),
                 latest_ns: AtomicU64::new(now_ns),
                 slow_poll_ns: AtomicU64::new(u64::MAX),
+                fine: AtomicBool::new(false),
             }),
             ring: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(now_ns))),
             wants_fine: CachePadded::new(AtomicBool::new(false)),
@@ -202,6 +207,11 @@ impl Ticker {
         if now.count() == start.count() {
             return false;
         }
+        // A poll that checks for its slice and has outlasted a tick is a
+        // long, cooperative one: its slices need fine ticks.
+        if !self.hot.fine.load(Relaxed) {
+            self.want_fine();
+        }
         let slice = self.hot.slow_poll_ns.load(Relaxed) >> (1 + u32::from(yield_slice));
         match self.time_of(start.count(), now) {
             Some(started_before) => self.latest_ns().saturating_sub(started_before) >= slice,
@@ -231,8 +241,6 @@ impl Ticker {
 pub(crate) struct Seen {
     /// Some managed poll started or ran since the previous tick.
     pub activity: bool,
-    /// Some poll has been running since before the previous tick.
-    pub long_poll: bool,
 }
 
 /// The ticker thread's pace: how long to sleep before the next tick.
@@ -262,8 +270,11 @@ impl Pace {
         slow_poll: Duration,
     ) -> (Duration, bool) {
         let fine = (slow_poll / 4).max(Duration::from_micros(50));
-        let coarse = slow_poll.max(fine);
-        if seen.long_poll || ticker.take_wants_fine() {
+        let coarse = slow_poll * 2;
+        // Only a poll's own measure, net of the time its thread waited for
+        // a CPU, asks for fine ticks: a poll the ticker saw twice may just
+        // have been descheduled.
+        if ticker.take_wants_fine() {
             self.fine_until_ns = now_ns.saturating_add(FINE_HOLD.as_nanos() as u64);
         }
         if seen.activity {
@@ -273,14 +284,13 @@ impl Pace {
             self.quiet_ticks = self.quiet_ticks.saturating_add(1);
         }
         if self.quiet_ticks >= IDLE_TICKS {
+            ticker.hot.fine.store(false, Relaxed);
             self.idle_period = (self.idle_period.max(coarse) * 2).min(IDLE_PERIOD);
             return (self.idle_period, true);
         }
-        if now_ns < self.fine_until_ns {
-            (fine, false)
-        } else {
-            (coarse, false)
-        }
+        let is_fine = now_ns < self.fine_until_ns;
+        ticker.hot.fine.store(is_fine, Relaxed);
+        (if is_fine { fine } else { coarse }, false)
     }
 
     /// The ticker was woken by a poll: tick finely for a while, so that
@@ -334,26 +344,18 @@ mod tests {
         let t = Ticker::new(0);
         let slow = Duration::from_millis(1);
         let mut pace = Pace::new();
-        let busy = Seen {
-            activity: true,
-            long_poll: false,
-        };
-        assert_eq!(pace.next(&t, busy, 0, slow), (slow, false));
-        let long = Seen {
-            activity: true,
-            long_poll: true,
-        };
-        assert_eq!(pace.next(&t, long, MS, slow), (slow / 4, false));
-        assert_eq!(pace.next(&t, busy, 2 * MS, slow), (slow / 4, false));
-        assert_eq!(pace.next(&t, busy, 300 * MS, slow), (slow, false));
+        let busy = Seen { activity: true };
+        assert_eq!(pace.next(&t, busy, 0, slow), (slow * 2, false));
         t.want_fine();
-        assert_eq!(pace.next(&t, busy, 301 * MS, slow), (slow / 4, false));
+        assert_eq!(pace.next(&t, busy, MS, slow), (slow / 4, false));
+        assert_eq!(pace.next(&t, busy, 2 * MS, slow), (slow / 4, false));
+        assert_eq!(pace.next(&t, busy, 300 * MS, slow), (slow * 2, false));
         let mut periods = Vec::new();
         for i in 0..20 {
             periods.push(pace.next(&t, Seen::default(), (600 + i) * MS, slow));
         }
         assert!(periods[..7].iter().all(|&(_, idle)| !idle));
-        assert_eq!(periods[7], (slow * 2, true));
+        assert_eq!(periods[7], (slow * 4, true));
         assert_eq!(periods[19], (IDLE_PERIOD, true));
     }
 }
