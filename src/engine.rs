@@ -219,8 +219,13 @@ impl Engine {
     }
 
     /// A managed task starts.
-    pub(crate) fn register(&self, task: Arc<TaskShared>) {
-        self.registry.insert(task);
+    ///
+    /// # Safety
+    /// `task` must stay valid until [`task_ended`](Self::task_ended) is
+    /// called with it.
+    pub(crate) unsafe fn register(&self, task: &TaskShared) {
+        // SAFETY: passed on from the caller.
+        unsafe { self.registry.insert(task) };
         self.stats.task_spawned();
     }
 

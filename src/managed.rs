@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use crate::engine::Engine;
 use crate::isolation::{self, Handoff, Outcome};
 use crate::task::{TaskInfo, TaskShared};
-use crate::task_core::TaskCore;
+use crate::task_core::{TaskCell, TaskCore};
 use crate::tier::Tier;
 
 /// Moves a core to the isolation pool, or hands it back if there is no
@@ -62,8 +62,10 @@ where
 #[must_use = "futures do nothing unless polled"]
 pub struct Managed<F: Future> {
     state: State<F>,
-    task: Arc<TaskShared>,
-    engine: Arc<Engine>,
+    /// The task's allocation: its shared state, engine and future. The core
+    /// holds it too; the wrapper keeps its own hold for the task's end,
+    /// wherever the core is then.
+    cell: Arc<TaskCell<F>>,
     /// Moves the core to the isolation pool; `None` for futures that are
     /// not `Send`, which stay on their thread (capped at `Tier::Yield`).
     isolator: Option<Isolator<F>>,
@@ -88,35 +90,31 @@ enum State<F: Future> {
 impl<F: Future> Managed<F> {
     pub(crate) fn new(
         engine: Arc<Engine>,
-        task: Arc<TaskShared>,
+        task: TaskShared,
         future: F,
         isolator: Option<Isolator<F>>,
     ) -> Self {
         let start = engine.starting_tier(task.origin());
-        engine.register(Arc::clone(&task));
         let max_tier = if isolator.is_some() {
             Tier::Isolate
         } else {
             Tier::Yield
         };
+        let cell = Arc::new(TaskCell::new(task, engine, future));
+        // SAFETY: `Drop for Managed` removes the task from the registry
+        // before it lets go of `cell`, the registry's only other way to it.
+        unsafe { cell.engine.register(&cell.shared) };
         let span = tracing::debug_span!(
             target: "tokio_pulse::task",
             "pulse.task",
-            task.id = task.id.0,
-            task.name = task.name.as_deref(),
-            task.location = %task.location,
+            task.id = cell.shared.id.0,
+            task.name = cell.shared.name.as_deref(),
+            task.location = %cell.shared.location,
         );
         Managed {
             span: (!span.is_disabled()).then(|| Box::new(span)),
-            state: State::Local(TaskCore::new(
-                Arc::clone(&engine),
-                Arc::clone(&task),
-                future,
-                max_tier,
-                start,
-            )),
-            task,
-            engine,
+            state: State::Local(TaskCore::new(Arc::clone(&cell), max_tier, start)),
+            cell,
             isolator,
         }
     }
@@ -126,7 +124,7 @@ impl<F: Future> Future for Managed<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // `Managed` is `Unpin`: the wrapped future is pinned in its own box.
+        // `Managed` is `Unpin`: the wrapped future is pinned in its cell.
         let this = self.get_mut();
         if this.span.is_none() {
             // The common case, kept free of writes: `take` below stores
@@ -197,20 +195,26 @@ impl<F: Future> Drop for Managed<F> {
     fn drop(&mut self) {
         // Woken with a slow-lane slot on offer but never polled again (e.g.
         // aborted): pass the offer on, or the waiting tasks would stall.
-        if self.task.lane.end() {
-            self.engine.lane.offer_next();
+        let (task, engine) = (&self.cell.shared, &self.cell.engine);
+        if task.lane_if_used().is_some_and(|entry| entry.end()) {
+            engine.lane.offer_next();
         }
         if let State::Isolated(handoff) = &self.state {
             handoff.cancel();
         }
-        self.engine.task_ended(&self.task);
+        engine.task_ended(task);
     }
 }
 
 impl<F: Future> std::fmt::Debug for Managed<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Managed")
-            .field("task", &TaskInfo { shared: &self.task })
+            .field(
+                "task",
+                &TaskInfo {
+                    shared: &self.cell.shared,
+                },
+            )
             .field("isolated", &matches!(self.state, State::Isolated(_)))
             .finish_non_exhaustive()
     }

@@ -110,7 +110,7 @@ impl Pulse {
         future: F,
         isolator: Option<Isolator<F>>,
     ) -> Managed<F> {
-        let task = Arc::new(TaskShared::new(name, location));
+        let task = TaskShared::new(name, location);
         Managed::new(Arc::clone(&self.engine), task, future, isolator)
     }
 

@@ -20,8 +20,55 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::sync::{AtomicI64, AtomicUsize, BoundedQueue, fence};
-use crate::task::TaskShared;
+use crate::sync::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, BoundedQueue, WakerSlot, fence};
+
+/// A task's place in the slow lane's wait queue, made when the task first
+/// waits there (see `TaskShared::lane`).
+///
+/// Whether the task holds an offer and whether it has ended are one atomic
+/// state changed only by read-modify-write operations, so the lane offering
+/// a slot and the wrapper being dropped at the same moment always agree on
+/// who passes the offer on (a pair of flags would need sequentially
+/// consistent store-load ordering, which the loom model showed to be
+/// fragile).
+#[derive(Debug, Default)]
+pub(crate) struct LaneEntry {
+    /// Woken when the lane has room.
+    waker: WakerSlot,
+    /// The task is in the wait queue (so it is pushed at most once).
+    queued: AtomicBool,
+    state: AtomicU8,
+}
+
+const LANE_IDLE: u8 = 0;
+const LANE_OFFERED: u8 = 1;
+const LANE_ENDED: u8 = 2;
+
+impl LaneEntry {
+    /// Offers the task a slot; `false` if it has ended (or holds one).
+    fn offer(&self) -> bool {
+        self.state
+            .compare_exchange(LANE_IDLE, LANE_OFFERED, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Takes the offer the task holds, if any.
+    pub(crate) fn take_offer(&self) -> bool {
+        self.state
+            .compare_exchange(LANE_OFFERED, LANE_IDLE, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Marks the task ended; `true` if it held an offer it must pass on.
+    pub(crate) fn end(&self) -> bool {
+        self.state.swap(LANE_ENDED, SeqCst) == LANE_OFFERED
+    }
+
+    #[cfg(all(test, not(pulse_loom)))]
+    pub(crate) fn is_offered(&self) -> bool {
+        self.state.load(SeqCst) == LANE_OFFERED
+    }
+}
 
 /// Waiting tasks the queue holds; past that, tasks fall back to plain
 /// deferral (they still give way, without the lane's ordering).
@@ -31,7 +78,7 @@ const QUEUE_CAPACITY: usize = 16 * 1024;
 pub(crate) struct SlowLane {
     slots: AtomicUsize,
     running: AtomicUsize,
-    waiting: BoundedQueue<Arc<TaskShared>>,
+    waiting: BoundedQueue<Arc<LaneEntry>>,
     /// Deficit round robin quantum, in nanoseconds of poll time.
     quantum_ns: AtomicI64,
 }
@@ -110,10 +157,10 @@ impl SlowLane {
 
     /// Queues `task` to be woken when a slot frees, then checks once more
     /// for a slot freed meanwhile (so no release can go unnoticed).
-    pub(crate) fn wait(&self, task: &Arc<TaskShared>, waker: &std::task::Waker) -> Wait<'_> {
-        task.lane.waker.register(waker);
-        if !task.lane.queued.swap(true, SeqCst) && self.waiting.push(Arc::clone(task)).is_err() {
-            task.lane.queued.store(false, SeqCst);
+    pub(crate) fn wait(&self, task: &Arc<LaneEntry>, waker: &std::task::Waker) -> Wait<'_> {
+        task.waker.register(waker);
+        if !task.queued.swap(true, SeqCst) && self.waiting.push(Arc::clone(task)).is_err() {
+            task.queued.store(false, SeqCst);
             return Wait::Full;
         }
         fence(SeqCst);
@@ -129,10 +176,10 @@ impl SlowLane {
             return;
         }
         while let Some(task) = self.waiting.pop() {
-            task.lane.queued.store(false, SeqCst);
+            task.queued.store(false, SeqCst);
             // Skips tasks that have ended since they queued.
-            if task.lane.offer() {
-                task.lane.waker.wake();
+            if task.offer() {
+                task.waker.wake();
                 return;
             }
         }
@@ -152,7 +199,6 @@ impl SlowLane {
 #[cfg(all(test, not(pulse_loom)))]
 mod tests {
     use super::*;
-    use std::panic::Location;
     use std::task::{Wake, Waker};
 
     struct CountWakes(std::sync::atomic::AtomicUsize);
@@ -162,8 +208,8 @@ mod tests {
         }
     }
 
-    fn task() -> Arc<TaskShared> {
-        Arc::new(TaskShared::new(None, Location::caller()))
+    fn task() -> Arc<LaneEntry> {
+        Arc::default()
     }
 
     #[test]
@@ -181,7 +227,7 @@ mod tests {
         assert_eq!(lane.queue_depth(), 1);
         drop(a);
         assert_eq!(wakes.0.load(Relaxed), 1, "release did not wake the waiter");
-        assert!(t.lane.is_offered());
+        assert!(t.is_offered());
         assert!(lane.try_enter().is_some());
     }
 
@@ -207,11 +253,11 @@ mod tests {
             lane.wait(&alive, &Waker::from(wakes.clone())),
             Wait::Queued
         ));
-        assert!(!dead.lane.end());
+        assert!(!dead.end());
         drop(held);
         assert_eq!(wakes.0.load(Relaxed), 1);
-        assert!(alive.lane.is_offered());
-        assert!(!dead.lane.is_offered());
+        assert!(alive.is_offered());
+        assert!(!dead.is_offered());
     }
 }
 
@@ -221,9 +267,7 @@ mod tests {
 #[cfg(all(test, pulse_loom))]
 mod loom_models {
     use super::*;
-    use crate::sync::AtomicBool;
     use loom::thread;
-    use std::panic::Location;
     use std::task::{Wake, Waker};
 
     struct Flag(AtomicBool);
@@ -238,8 +282,8 @@ mod loom_models {
         (flag.clone(), Waker::from(flag))
     }
 
-    fn task() -> Arc<TaskShared> {
-        Arc::new(TaskShared::new(None, Location::caller()))
+    fn task() -> Arc<LaneEntry> {
+        Arc::default()
     }
 
     /// A task that finds the lane full and waits is never forgotten: it
@@ -309,7 +353,7 @@ mod loom_models {
             let l = lane.clone();
             let dropper = thread::spawn(move || {
                 // What `Managed::drop` does.
-                if doomed.lane.end() {
+                if doomed.end() {
                     l.offer_next();
                 }
             });

@@ -1,8 +1,12 @@
 //! What tokio-pulse knows about one managed task.
 //!
-//! [`TaskShared`] is the one place a task's state lives. The task's wrapper
-//! holds it directly (an `Arc`), so the poll path never looks anything up;
-//! the registry holds a second reference only so `snapshot()` can find it.
+//! [`TaskShared`] is a task's shared state: identity, counters, tier, what
+//! snapshots, the watchdog and the hooks read. It lives in the task's one
+//! allocation (`task_core::TaskCell`), next to its future; the task's
+//! wrapper reaches it through one pointer, so the poll path never looks
+//! anything up, and the registry keeps a plain pointer to it only so that
+//! `snapshot()` can find it.
+//!
 //! Counters have a single writer, the thread polling the task (a task is
 //! never polled by two threads at once), so they are updated with plain
 //! relaxed loads and stores rather than read-modify-write instructions.
@@ -10,10 +14,12 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 
 use crate::origins::OriginRef;
-use crate::sync::{AtomicBool, AtomicU8, AtomicU64, WakerSlot};
+use crate::slow_lane::LaneEntry;
+use crate::sync::{AtomicBool, AtomicU8, AtomicU64};
 use crate::tier::Tier;
 
 /// A managed task's identifier, unique within the process.
@@ -44,75 +50,29 @@ impl fmt::Display for TaskId {
 
 /// Identity and live counters of one managed task.
 ///
-/// `repr(C)` keeps the field every poll writes (the poll count) at the
-/// front, right after the `Arc`'s counts, with the fields measured polls
-/// write just behind it.
+/// `repr(C)` keeps the fields every poll touches (the poll count, the
+/// watchdog's request) at the front, on the cache line of the `Arc`'s
+/// counts, with the fields measured polls write just behind them.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct TaskShared {
     polls: AtomicU64,
+    /// A tier the watchdog wants the task moved to at its next poll (0: none).
+    forced_tier: AtomicU8,
+    tier: AtomicU8,
+    /// The task has misbehaved at least once (see `origins`).
+    offended: AtomicBool,
     busy_ns: AtomicU64,
     max_poll_ns: AtomicU64,
     slow_polls: AtomicU64,
     cpu_ns: AtomicU64,
+    stuck_reports: AtomicU64,
     pub id: TaskId,
     pub name: Option<Cow<'static, str>>,
     pub location: &'static Location<'static>,
-    tier: AtomicU8,
-    stuck_reports: AtomicU64,
-    /// A tier the watchdog wants the task moved to at its next poll (0: none).
-    forced_tier: AtomicU8,
-    /// The task has misbehaved at least once (see `origins`).
-    offended: AtomicBool,
-    /// The slow lane's hold on this task; see `slow_lane`.
-    pub lane: LaneEntry,
-}
-
-/// A task's place in the slow lane's wait queue.
-///
-/// Whether the task holds an offer and whether it has ended are one atomic
-/// state changed only by read-modify-write operations, so the lane offering
-/// a slot and the wrapper being dropped at the same moment always agree on
-/// who passes the offer on (a pair of flags would need sequentially
-/// consistent store-load ordering, which the loom model showed to be
-/// fragile).
-#[derive(Debug, Default)]
-pub(crate) struct LaneEntry {
-    /// Woken when the lane has room.
-    pub waker: WakerSlot,
-    /// The task is in the wait queue (so it is pushed at most once).
-    pub queued: AtomicBool,
-    state: AtomicU8,
-}
-
-const LANE_IDLE: u8 = 0;
-const LANE_OFFERED: u8 = 1;
-const LANE_ENDED: u8 = 2;
-
-impl LaneEntry {
-    /// Offers the task a slot; `false` if it has ended (or holds one).
-    pub(crate) fn offer(&self) -> bool {
-        self.state
-            .compare_exchange(LANE_IDLE, LANE_OFFERED, SeqCst, SeqCst)
-            .is_ok()
-    }
-
-    /// Takes the offer the task holds, if any.
-    pub(crate) fn take_offer(&self) -> bool {
-        self.state
-            .compare_exchange(LANE_OFFERED, LANE_IDLE, SeqCst, SeqCst)
-            .is_ok()
-    }
-
-    /// Marks the task ended; `true` if it held an offer it must pass on.
-    pub(crate) fn end(&self) -> bool {
-        self.state.swap(LANE_ENDED, SeqCst) == LANE_OFFERED
-    }
-
-    #[cfg(all(test, not(pulse_loom)))]
-    pub(crate) fn is_offered(&self) -> bool {
-        self.state.load(SeqCst) == LANE_OFFERED
-    }
+    /// The task's place in the slow lane, made when it first waits there
+    /// (most tasks never do); see `slow_lane`.
+    lane: OnceLock<Arc<LaneEntry>>,
 }
 
 impl TaskShared {
@@ -133,8 +93,18 @@ impl TaskShared {
             stuck_reports: AtomicU64::new(0),
             forced_tier: AtomicU8::new(0),
             offended: AtomicBool::new(false),
-            lane: LaneEntry::default(),
+            lane: OnceLock::new(),
         }
+    }
+
+    /// The task's slow-lane entry, made on first use.
+    pub(crate) fn lane(&self) -> &Arc<LaneEntry> {
+        self.lane.get_or_init(Arc::default)
+    }
+
+    /// The task's slow-lane entry, if it ever waited in the lane.
+    pub(crate) fn lane_if_used(&self) -> Option<&Arc<LaneEntry>> {
+        self.lane.get()
     }
 
     pub(crate) fn tier(&self) -> Tier {
@@ -281,7 +251,6 @@ impl fmt::Debug for TaskInfo<'_> {
 mod loom_models {
     use super::*;
     use loom::thread;
-    use std::sync::Arc;
 
     /// A request made while the task is being polled is taken exactly once:
     /// never lost, never applied twice.

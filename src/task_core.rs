@@ -1,10 +1,14 @@
-//! A managed future together with everything needed to poll it the managed
-//! way: its escalation state, its policy, and the per-tier interventions.
+//! A managed task's one allocation, [`TaskCell`], and its [`TaskCore`]:
+//! everything needed to poll the task the managed way, with its escalation
+//! state and the per-tier interventions.
 //!
 //! The core is what moves when a task is isolated: the wrapper hands it to
 //! the isolation pool, which polls it with the same measuring code, and the
-//! pool hands it back when the task is demoted.
+//! pool hands it back when the task is demoted. The future itself never
+//! moves: it lies pinned in the cell, and the core is its only owner.
 
+use std::cell::UnsafeCell;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,66 +28,126 @@ use crate::tier::{Escalation, EscalationPolicy, Step, Tier, TierChange};
 use crate::timing::schedstat::charged;
 use crate::timing::{clock, nanos};
 
+/// One managed task: its shared state, its engine, and its future.
+///
+/// The future is owned by whoever holds the task's core (see `task_core`):
+/// the wrapper while the task runs on the runtime, the isolation pool while
+/// it is isolated. The core is unique and moves between them whole, so
+/// the future is only ever touched by one thread at a time, and it is
+/// dropped in place when the task ends.
+#[repr(C)]
+pub(crate) struct TaskCell<F> {
+    pub shared: TaskShared,
+    pub engine: Arc<Engine>,
+    future: UnsafeCell<Option<F>>,
+}
+
+// SAFETY: the future is only accessed through the task's core, which is
+// unique and `Send` only where `F` is (see `TaskCell::future`); every
+// other field is `Sync`.
+unsafe impl<F: Send> Sync for TaskCell<F> {}
+
+impl<F> TaskCell<F> {
+    pub(crate) fn new(shared: TaskShared, engine: Arc<Engine>, future: F) -> Self {
+        TaskCell {
+            shared,
+            engine,
+            future: UnsafeCell::new(Some(future)),
+        }
+    }
+
+    /// The future, pinned where it lies; `None` once dropped.
+    ///
+    /// # Safety
+    /// Only the holder of the task's core may call this, and only while it
+    /// holds `&mut` of that core: the core is the future's unique owner.
+    // A `&mut` from `&self`, as `UnsafeCell` allows, under the contract above.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn future(&self) -> Option<Pin<&mut F>> {
+        // SAFETY: the caller has exclusive access (see above); the future
+        // is never moved out of the cell (it is dropped in place by
+        // `drop_future`), so pinning it here is sound.
+        unsafe { (*self.future.get()).as_mut().map(|f| Pin::new_unchecked(f)) }
+    }
+
+    /// Drops the future in place.
+    ///
+    /// # Safety
+    /// As for [`future`](Self::future).
+    pub(crate) unsafe fn drop_future(&self) {
+        // SAFETY: exclusive access, as the caller guarantees; assigning
+        // drops the old value in place, without moving it.
+        unsafe { *self.future.get() = None };
+    }
+}
+
+impl<F> fmt::Debug for TaskCell<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCell")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The unique owner of a task's future, with the task's escalation state.
 pub(crate) struct TaskCore<F: Future> {
-    future: Pin<Box<F>>,
-    task: Arc<TaskShared>,
-    engine: Arc<Engine>,
+    cell: Arc<TaskCell<F>>,
     escalation: Escalation,
-    policy: EscalationPolicy,
-    /// The task gave way before its last slow-lane poll: let it run now.
-    deferred: bool,
+    /// When the current window ends. Until then a poll shorter than a
+    /// tick changes nothing, so it needs no policy.
+    window_deadline_ns: u64,
     /// Deficit round robin credit in the slow lane, in nanoseconds.
     deficit_ns: i64,
-    /// The task has waited in the slow lane, so it may be offered a slot.
-    lane_user: bool,
+    /// The configuration generation the task last applied.
+    generation: u64,
     /// The highest tier this task can be in: `Yield` if it cannot move.
     max_tier: Tier,
-    /// The configuration generation `policy` was derived from.
-    generation: u64,
+    /// The task gave way before its last slow-lane poll: let it run now.
+    deferred: bool,
+    /// The task has waited in the slow lane, so it may be offered a slot.
+    lane_user: bool,
 }
 
 impl<F: Future> TaskCore<F> {
-    /// A core for `future`, whose task can reach `max_tier` at most and
-    /// starts at `start` (the tier its origin earned), capped at that.
-    pub(crate) fn new(
-        engine: Arc<Engine>,
-        task: Arc<TaskShared>,
-        future: F,
-        max_tier: Tier,
-        start: Tier,
-    ) -> Self {
+    /// The core of the task in `cell`, which can reach `max_tier` at most
+    /// and starts at `start` (the tier its origin earned), capped at that.
+    pub(crate) fn new(cell: Arc<TaskCell<F>>, max_tier: Tier, start: Tier) -> Self {
+        let engine = &cell.engine;
         let (policy, generation) = engine.policy(max_tier);
         let start = start.min(policy.max_tier);
-        task.set_tier(start);
+        cell.shared.set_tier(start);
+        // The latest tick's time: no clock read for a spawn.
+        let now = engine.ticker.latest_ns();
+        let escalation = Escalation::starting_at(start, now);
         TaskCore {
-            future: Box::pin(future),
-            policy,
-            max_tier,
-            generation,
-            escalation: Escalation::starting_at(start, clock().now_ns()),
-            task,
-            engine,
-            deferred: false,
+            window_deadline_ns: escalation.window_deadline_ns(&policy),
+            escalation,
             deficit_ns: 0,
+            generation,
+            max_tier,
+            deferred: false,
             lane_user: false,
+            cell,
         }
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+        &self.cell.engine
+    }
+
+    /// The policy of the configuration in force, for this task.
+    fn policy(&self) -> EscalationPolicy {
+        self.cell.engine.policy(self.max_tier).0
     }
 
     /// The task's tier, after applying any escalation the watchdog asked for.
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
-        if self.engine.generation(Ordering::Relaxed) != self.generation {
+        if self.cell.engine.generation(Ordering::Relaxed) != self.generation {
             self.reload_policy();
         }
-        if let Some(forced) = self.task.take_forced_tier() {
-            self.force(forced);
-            // The watchdog found a poll stuck: an offence of the task.
-            self.engine
-                .task_offended(&self.task, self.escalation.tier(), clock().now_ns());
+        if let Some(forced) = self.cell.shared.take_forced_tier() {
+            self.forced(forced);
         }
         self.escalation.tier()
     }
@@ -92,15 +156,27 @@ impl<F: Future> TaskCore<F> {
     /// of it at once, from one snapshot.
     #[cold]
     fn reload_policy(&mut self) {
-        (self.policy, self.generation) = self.engine.policy(self.max_tier);
-        if self.escalation.tier() > self.policy.max_tier {
-            self.force(self.policy.max_tier);
+        let (policy, generation) = self.cell.engine.policy(self.max_tier);
+        self.generation = generation;
+        self.window_deadline_ns = self.escalation.window_deadline_ns(&policy);
+        if self.escalation.tier() > policy.max_tier {
+            self.force(&policy, policy.max_tier);
         }
     }
 
+    /// The watchdog found a poll of the task stuck: it is moved to `tier`
+    /// (isolated), and that is an offence of the task.
     #[cold]
-    fn force(&mut self, tier: Tier) {
-        if let Some(change) = self.escalation.force(&self.policy, tier) {
+    fn forced(&mut self, tier: Tier) {
+        let policy = self.policy();
+        self.force(&policy, tier);
+        let engine = &self.cell.engine;
+        engine.task_offended(&self.cell.shared, self.escalation.tier(), clock().now_ns());
+    }
+
+    #[cold]
+    fn force(&mut self, policy: &EscalationPolicy, tier: Tier) {
+        if let Some(change) = self.escalation.force(policy, tier) {
             let cause = ChangeCause {
                 poll_ns: 0,
                 cpu_ns: None,
@@ -125,14 +201,18 @@ impl<F: Future> TaskCore<F> {
     /// If the slow lane offered this task a slot it will not use, offers it
     /// to the next waiting task instead, so no slot is left unclaimed.
     pub(crate) fn pass_lane_offer(&self) {
-        if self.task.lane.take_offer() {
-            self.engine.lane.offer_next();
+        if let Some(entry) = self.cell.shared.lane_if_used() {
+            if entry.take_offer() {
+                self.cell.engine.lane.offer_next();
+            }
         }
     }
 
     fn poll_in_slow_lane(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
         self.lane_user = true;
-        let offered = self.task.lane.take_offer();
+        let cell = Arc::clone(&self.cell);
+        let entry = cell.shared.lane();
+        let offered = entry.take_offer();
         // Give way behind other ready work first, unless the task already
         // waited in the lane's queue.
         if !offered && !self.deferred {
@@ -141,8 +221,7 @@ impl<F: Future> TaskCore<F> {
             return Poll::Pending;
         }
         self.deferred = false;
-        let engine = Arc::clone(&self.engine);
-        let lane = &engine.lane;
+        let lane = &cell.engine.lane;
         if self.deficit_ns <= 0 {
             self.deficit_ns += lane.quantum_ns();
             if self.deficit_ns <= 0 {
@@ -157,7 +236,7 @@ impl<F: Future> TaskCore<F> {
         }
         let slot = match lane.try_enter() {
             Some(slot) => slot,
-            None => match lane.wait(&self.task, cx.waker()) {
+            None => match lane.wait(entry, cx.waker()) {
                 Wait::Entered(slot) => slot,
                 Wait::Queued => return Poll::Pending,
                 Wait::Full => {
@@ -183,14 +262,17 @@ impl<F: Future> TaskCore<F> {
     /// than a tick; see `ticker`).
     #[inline]
     fn poll_timed(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
-        let hooks = self.engine.hooks.is_installed();
+        let cell = &*self.cell;
+        let engine = &*cell.engine;
+        let hooks = engine.hooks.is_installed();
         if hooks {
-            let info = TaskInfo { shared: &self.task };
-            self.engine
+            let info = TaskInfo {
+                shared: &cell.shared,
+            };
+            engine
                 .hooks
                 .call(Hook::BeforePoll, |h| h.before_poll(&info));
         }
-        let engine = &*self.engine;
         let ticker = &engine.ticker;
         let exact = engine.exact_timing();
         let start_tick = ticker.read();
@@ -199,29 +281,26 @@ impl<F: Future> TaskCore<F> {
         }
         let start_ns = if exact { clock().now_ns() } else { 0 };
         let (out, published) = {
-            let scope = PollScope::enter(self.task.id.0, ticker, start_tick, tier >= Tier::Yield);
-            let out = self.future.as_mut().poll(cx);
+            let scope = PollScope::enter(cell.shared.id.0, ticker, start_tick, tier >= Tier::Yield);
+            // SAFETY: this core owns the future, and `&mut self` is held.
+            let out = match unsafe { cell.future() } {
+                Some(future) => future.poll(cx),
+                None => panic!("`Managed` future polled after completion"),
+            };
             (out, scope.slot())
         };
         let end_tick = ticker.read();
-        self.task.count_poll();
+        cell.shared.count_poll();
         let ready = out.is_ready();
         if !exact && end_tick.count() == start_tick.count() {
             // Shorter than a tick: nothing to measure. Only a window that
             // has run its course closes, at the time of the latest tick.
             let now = ticker.latest_ns();
-            if let Some(step) = self.escalation.on_poll(&self.policy, now, now) {
-                self.judged(
-                    step,
-                    ChangeCause {
-                        poll_ns: 0,
-                        cpu_ns: None,
-                    },
-                    now,
-                );
+            if now >= self.window_deadline_ns {
+                self.judge(0, None, now, now);
             }
             if hooks {
-                self.report_poll(0, false, ready);
+                self.report_poll(0, false, false, ready);
             }
             return (out, 0);
         }
@@ -243,7 +322,9 @@ impl<F: Future> TaskCore<F> {
         hooks: bool,
     ) -> u64 {
         let end = clock().now_ns();
-        let ticker = &self.engine.ticker;
+        let policy = self.policy();
+        let engine = &*self.cell.engine;
+        let ticker = &engine.ticker;
         let sighting = published.and_then(|(slot, seq)| slot.sightings().of(seq));
         let (wall_ns, busy_ns) = if start_ns != 0 {
             let wall_ns = end.saturating_sub(start_ns);
@@ -272,7 +353,7 @@ impl<F: Future> TaskCore<F> {
         // the time the OS gave the CPU to others (see `schedstat`).
         let (poll_ns, cpu_ns) = match (published, sighting.and_then(|s| s.stamp)) {
             (Some((slot, _)), Some((stamp_ns, before)))
-                if wall_ns >= self.policy.limits.charge_floor_ns =>
+                if wall_ns >= policy.limits.charge_floor_ns =>
             {
                 match slot.own_figures() {
                     Some(now) => {
@@ -284,46 +365,60 @@ impl<F: Future> TaskCore<F> {
             }
             _ => (wall_ns, None),
         };
+        let task = &self.cell.shared;
         if let Some(cpu) = cpu_ns {
-            self.task.record_cpu(cpu);
+            task.record_cpu(cpu);
         }
-        if poll_ns >= self.policy.limits.charge_floor_ns {
+        if poll_ns >= policy.limits.charge_floor_ns {
             ticker.want_fine();
         }
         // This poll is reported here; an observing runtime hook must not
         // charge it to the task that polled this future too.
         #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
         crate::runtime_hooks::managed_poll_done(poll_ns);
-        let slow = poll_ns > self.policy.limits.slow_poll_ns;
-        self.task.record_measured(poll_ns, busy_ns, slow);
-        self.engine.stats.poll_measured(poll_ns);
-        let start = end.saturating_sub(poll_ns);
-        if let Some(step) = self.escalation.on_poll(&self.policy, start, end) {
-            self.judged(step, ChangeCause { poll_ns, cpu_ns }, end);
-        }
+        let slow = poll_ns > policy.limits.slow_poll_ns;
+        task.record_measured(poll_ns, busy_ns, slow);
+        engine.stats.poll_measured(poll_ns);
+        self.judge(poll_ns, cpu_ns, end.saturating_sub(poll_ns), end);
         if hooks {
-            self.report_poll(poll_ns, true, ready);
+            self.report_poll(poll_ns, true, slow, ready);
         }
         poll_ns
     }
 
+    /// Feeds a poll that ran from `start` to `end` (in the time it is
+    /// charged) to the tier machine.
+    #[cold]
+    #[inline(never)]
+    fn judge(&mut self, poll_ns: u64, cpu_ns: Option<u64>, start: u64, end: u64) {
+        let policy = self.policy();
+        if let Some(step) = self.escalation.on_poll(&policy, start, end) {
+            self.judged(step, ChangeCause { poll_ns, cpu_ns }, end);
+        }
+        self.window_deadline_ns = self.escalation.window_deadline_ns(&policy);
+    }
+
     /// Calls the `after_poll` hook.
-    fn report_poll(&self, poll_ns: u64, measured: bool, ready: bool) {
-        let info = TaskInfo { shared: &self.task };
+    fn report_poll(&self, poll_ns: u64, measured: bool, slow: bool, ready: bool) {
+        let info = TaskInfo {
+            shared: &self.cell.shared,
+        };
         let report = PollReport {
             duration: nanos(poll_ns),
             measured,
-            slow: poll_ns > self.policy.limits.slow_poll_ns,
+            slow,
             ready,
         };
-        self.engine
+        self.cell
+            .engine
             .hooks
             .call(Hook::AfterPoll, |h| h.after_poll(&info, &report));
     }
 
     fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {
-        self.engine
-            .tier_changed(Scope::Managed, &self.task, change, cause, now_ns);
+        self.cell
+            .engine
+            .tier_changed(Scope::Managed, &self.cell.shared, change, cause, now_ns);
     }
 
     /// A poll closed a window that changed the tier or was bad.
@@ -334,8 +429,9 @@ impl<F: Future> TaskCore<F> {
             self.tier_changed(change, cause, now_ns);
         }
         if step.bad() {
-            self.engine
-                .task_offended(&self.task, self.escalation.tier(), now_ns);
+            self.cell
+                .engine
+                .task_offended(&self.cell.shared, self.escalation.tier(), now_ns);
         }
     }
 }
@@ -356,5 +452,10 @@ impl<F: Future> Isolated for TaskCore<F> {
             Poll::Pending if self.tier() < Tier::Isolate => PoolPoll::Demoted,
             Poll::Pending => PoolPoll::Pending,
         }
+    }
+
+    fn drop_future(&mut self) {
+        // SAFETY: this core owns the future, and `&mut self` is held.
+        unsafe { self.cell.drop_future() };
     }
 }

@@ -210,6 +210,14 @@ impl Escalation {
         self.tier
     }
 
+    /// When the current window ends under `policy`: until then a poll too
+    /// short to be charged cannot change anything.
+    pub(crate) fn window_deadline_ns(&self, policy: &EscalationPolicy) -> u64 {
+        self.window
+            .start_ns()
+            .saturating_add(policy.limits.window_ns)
+    }
+
     /// Feeds one poll; returns what it decided, if anything.
     #[inline]
     pub(crate) fn on_poll(

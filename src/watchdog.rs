@@ -41,22 +41,31 @@ pub(crate) fn check(
     {
         return;
     }
-    let Some(task) = registry.get(TaskId(poll.task)) else {
+    // Under the registry's lock: act on the task, and copy what the report
+    // needs, which is then made outside it (a subscriber may take a
+    // snapshot).
+    let found = registry.with(TaskId(poll.task), |task| {
+        task.record_stuck();
+        let isolated = task.tier() >= Tier::Isolate;
+        if !isolated {
+            task.force_tier(Tier::Isolate);
+        }
+        (task.name.clone(), task.location, isolated)
+    });
+    let Some((name, location, isolated)) = found else {
         return; // ended in the meantime
     };
-    task.record_stuck();
     stats.watchdog_report();
     let running_ms = running_ns / 1_000_000;
-    let consequence = if task.tier() < Tier::Isolate {
-        task.force_tier(Tier::Isolate);
-        "the task will be isolated at its next poll"
-    } else {
+    let consequence = if isolated {
         "the task is already isolated, off the main workers"
+    } else {
+        "the task will be isolated at its next poll"
     };
     tracing::error!(
         task.id = poll.task,
-        task.name = task.name.as_deref().unwrap_or(""),
-        task.location = %task.location,
+        task.name = name.as_deref().unwrap_or(""),
+        task.location = %location,
         thread = slot.thread_name.as_deref().unwrap_or("<unnamed>"),
         running_ms,
         "tokio-pulse watchdog: a poll has been running for {running_ms} ms without yielding; {consequence}",

@@ -22,6 +22,10 @@ pub(crate) trait Isolated {
 
     /// Polls the task once on a pool thread.
     fn poll_isolated(&mut self, cx: &mut Context<'_>) -> PoolPoll<Self::Output>;
+
+    /// Drops the task's future now (it finished, or was cancelled), on the
+    /// pool, with the runtime entered.
+    fn drop_future(&mut self);
 }
 
 /// One poll on the pool, as the core saw it.
@@ -129,7 +133,18 @@ impl<C: Isolated> Job<C> {
     /// the wrapper. The gauge drops before the wrapper can see the outcome,
     /// and a finished or cancelled core is dropped here, on the pool.
     fn leave(&mut self, outcome: Option<Outcome<C>>) -> JobState {
-        let core = self.core.take();
+        let core = self.core.take().map(|mut core| {
+            // Dropped here, where a panic in its destructor is caught.
+            let _ = catch(|| core.drop_future()).map_err(|payload| {
+                let message = crate::fault::panic_message(&*payload).to_owned();
+                let _ = crate::fault::drop_quietly(payload);
+                tracing::error!(
+                    panic = message,
+                    "tokio-pulse: the destructor of an isolated task's future panicked; the panic is ignored"
+                );
+            });
+            core
+        });
         self.gauge = None;
         if let Some(panic) = crate::fault::drop_quietly(core) {
             tracing::error!(
