@@ -199,8 +199,13 @@ impl<F: Future> Drop for Managed<F> {
         if task.lane_if_used().is_some_and(|entry| entry.end()) {
             engine.lane.offer_next();
         }
-        if let State::Isolated(handoff) = &self.state {
-            handoff.cancel();
+        // The core, if here, goes first: dropping it publishes the task's
+        // final poll count, which `task_ended` adds to the totals. (The
+        // future itself goes with the last hold of the cell.)
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Isolated(handoff) => handoff.cancel(),
+            State::Local(core) => drop(core),
+            State::Done => {}
         }
         engine.task_ended(task);
     }

@@ -115,10 +115,20 @@ impl TaskShared {
         self.tier.store(tier as u8, Relaxed);
     }
 
-    /// Counts one poll. Called only by the thread that just polled the task.
+    /// Counts one poll (of a task observed through runtime hooks; a managed
+    /// task counts in its core, see `set_polls`). Called only by the thread
+    /// that just polled the task.
+    #[cfg(any(pulse_bench, all(feature = "runtime-hooks", tokio_unstable)))]
     #[inline(always)]
     pub(crate) fn count_poll(&self) {
         bump(&self.polls, 1);
+    }
+
+    /// Publishes the poll count a managed task keeps in its core (see
+    /// `TaskCore::publish`). Called only by the thread polling the task.
+    #[inline]
+    pub(crate) fn set_polls(&self, polls: u64) {
+        self.polls.store(polls, Relaxed);
     }
 
     /// Records what was measured of one poll: `poll_ns`, what it is judged

@@ -11,6 +11,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -35,10 +36,14 @@ use crate::timing::{clock, nanos};
 /// it is isolated. The core is unique and moves between them whole, so
 /// the future is only ever touched by one thread at a time, and it is
 /// dropped in place when the task ends.
+///
+/// `repr(C)`: the engine and the shared state's front (which a poll reads
+/// at most once a tick) share the `Arc`'s first cache line; the future
+/// follows the shared state.
 #[repr(C)]
 pub(crate) struct TaskCell<F> {
-    pub shared: TaskShared,
     pub engine: Arc<Engine>,
+    pub shared: TaskShared,
     future: UnsafeCell<Option<F>>,
 }
 
@@ -90,8 +95,21 @@ impl<F> fmt::Debug for TaskCell<F> {
 }
 
 /// The unique owner of a task's future, with the task's escalation state.
+///
+/// What a poll shorter than a tick reads and writes is here, in the
+/// wrapper (inside Tokio's own task, which Tokio has just touched), so that
+/// such a poll touches no cache line of the task's cell but its future's:
+/// the engine's address, the poll count (published to the cell at most once
+/// a tick), the window's deadline.
 pub(crate) struct TaskCore<F: Future> {
     cell: Arc<TaskCell<F>>,
+    /// `cell.engine`, without the trip through the cell.
+    engine: NonNull<Engine>,
+    /// Polls so far; the cell has the count as of `published_tick`.
+    polls: u64,
+    /// The tick at which the poll count was last published, and the
+    /// watchdog's requests last checked.
+    published_tick: u64,
     escalation: Escalation,
     /// When the current window ends. Until then a poll shorter than a
     /// tick changes nothing, so it needs no policy.
@@ -120,6 +138,9 @@ impl<F: Future> TaskCore<F> {
         let now = engine.ticker.latest_ns();
         let escalation = Escalation::starting_at(start, now);
         TaskCore {
+            engine: NonNull::from(&**engine),
+            polls: 0,
+            published_tick: 0,
             window_deadline_ns: escalation.window_deadline_ns(&policy),
             escalation,
             deficit_ns: 0,
@@ -135,19 +156,38 @@ impl<F: Future> TaskCore<F> {
         &self.cell.engine
     }
 
+    /// The engine, reached without the trip through the cell.
+    #[inline(always)]
+    fn fast_engine(&self) -> &Engine {
+        // SAFETY: `engine` points to `self.cell.engine`'s engine, which the
+        // cell keeps alive as long as `self` holds the cell.
+        unsafe { self.engine.as_ref() }
+    }
+
+    /// Publishes the poll count to the cell, for snapshots and totals, and
+    /// takes any request the watchdog made (at most once a tick, and after
+    /// every measured poll; the watchdog only asks about a poll that ran
+    /// long, so one that gets measured).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn publish(&mut self, tick: u64) {
+        self.published_tick = tick;
+        self.cell.shared.set_polls(self.polls);
+        if let Some(forced) = self.cell.shared.take_forced_tier() {
+            self.forced(forced);
+        }
+    }
+
     /// The policy of the configuration in force, for this task.
     fn policy(&self) -> EscalationPolicy {
         self.cell.engine.policy(self.max_tier).0
     }
 
-    /// The task's tier, after applying any escalation the watchdog asked for.
+    /// The task's tier, after applying a reconfiguration.
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
-        if self.cell.engine.generation(Ordering::Relaxed) != self.generation {
+        if self.fast_engine().generation(Ordering::Relaxed) != self.generation {
             self.reload_policy();
-        }
-        if let Some(forced) = self.cell.shared.take_forced_tier() {
-            self.forced(forced);
         }
         self.escalation.tier()
     }
@@ -262,8 +302,10 @@ impl<F: Future> TaskCore<F> {
     /// than a tick; see `ticker`).
     #[inline]
     fn poll_timed(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
-        let cell = &*self.cell;
-        let engine = &*cell.engine;
+        // SAFETY: both are kept alive by `self.cell`, which `self` holds
+        // throughout; taken as plain references so that `self` stays free
+        // for the bookkeeping after the poll.
+        let (engine, cell) = unsafe { (self.engine.as_ref(), &*Arc::as_ptr(&self.cell)) };
         let hooks = engine.hooks.is_installed();
         if hooks {
             let info = TaskInfo {
@@ -290,8 +332,11 @@ impl<F: Future> TaskCore<F> {
             (out, scope.slot())
         };
         let end_tick = ticker.read();
-        cell.shared.count_poll();
+        self.polls += 1;
         let ready = out.is_ready();
+        if end_tick.count() != self.published_tick {
+            self.publish(end_tick.count());
+        }
         if !exact && end_tick.count() == start_tick.count() {
             // Shorter than a tick: nothing to measure. Only a window that
             // has run its course closes, at the time of the latest tick.
@@ -305,6 +350,7 @@ impl<F: Future> TaskCore<F> {
             return (out, 0);
         }
         let poll_ns = self.measured(start_tick, end_tick, start_ns, published, ready, hooks);
+        self.publish(end_tick.count());
         (out, poll_ns)
     }
 
@@ -436,6 +482,17 @@ impl<F: Future> TaskCore<F> {
     }
 }
 
+// SAFETY: `engine` points to the engine the core's cell keeps alive, and
+// `Engine` is `Sync`; everything else in the core is `Send` where `F` is.
+unsafe impl<F: Future + Send> Send for TaskCore<F> {}
+
+impl<F: Future> Drop for TaskCore<F> {
+    fn drop(&mut self) {
+        // The count is exact once the core is gone.
+        self.cell.shared.set_polls(self.polls);
+    }
+}
+
 impl<F: Future> Isolated for TaskCore<F> {
     type Output = F::Output;
 
@@ -445,7 +502,10 @@ impl<F: Future> Isolated for TaskCore<F> {
         if self.tier() < Tier::Isolate {
             return PoolPoll::Demoted;
         }
-        match self.poll_measured(cx, Tier::Isolate) {
+        let polled = self.poll_measured(cx, Tier::Isolate);
+        // Isolated polls are few and long: keep the count exact.
+        self.cell.shared.set_polls(self.polls);
+        match polled {
             Poll::Ready(out) => PoolPoll::Ready(out),
             // Demoted by this very poll: go home now rather than at the
             // next wake-up.
