@@ -59,7 +59,9 @@ struct PollWords {
 
 /// What the ticker of the poll's engine noted about the thread's current
 /// poll: when it first saw it running, and the thread's scheduler figures
-/// when it saw it again a tick later (for polls that long only). Written by
+/// then (when ticks are coarse, and any poll seen running may turn out
+/// long) or when it saw it again a tick later (when ticks are fine, and
+/// only a poll seen twice can be long enough to be charged). Written by
 /// tickers (one at a time, under `writer`), read by the poll itself when it
 /// ends and by the watchdog, as a seqlock on `seq` (0 while being written).
 #[derive(Debug, Default)]
@@ -104,27 +106,26 @@ impl Sightings {
         })
     }
 
-    /// Notes that poll `seq` is running at `now_ns`: the first time, when;
-    /// the next time, the thread's scheduler figures from `figures`.
-    /// Returns what is noted now.
+    /// Notes that poll `seq` is running at `now_ns`: the first time, when,
+    /// and (if `stamp_first`) the thread's scheduler figures from
+    /// `figures`; the next time, those figures if not taken yet. Returns
+    /// what is noted now.
     pub(crate) fn see(
         &self,
         seq: u64,
         now_ns: u64,
+        stamp_first: bool,
         figures: impl FnOnce() -> Option<SchedStat>,
     ) -> Sighting {
         let known = self.of(seq);
-        if known.is_some_and(|k| k.stamp.is_some()) {
-            return known.unwrap_or(Sighting {
-                first_ns: now_ns,
-                stamp: None,
-            });
+        if let Some(k) = known.filter(|k| k.stamp.is_some()) {
+            return k;
         }
         let mut noted = known.unwrap_or(Sighting {
             first_ns: now_ns,
             stamp: None,
         });
-        if known.is_some() {
+        if known.is_some() || stamp_first {
             noted.stamp = figures().map(|f| (now_ns, f));
         }
         self.write(seq, noted);

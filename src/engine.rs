@@ -408,6 +408,7 @@ impl Engine {
         self.ticker.advance(now_ns, idle);
         let me: *const Ticker = &self.ticker;
         let threshold = self.config().interventions.watchdog_threshold.map(as_nanos);
+        let fine = self.ticker.is_fine();
         let mut seen = Seen::default();
         slots.sweep_start();
         context::for_each_slot(|slot| {
@@ -422,7 +423,7 @@ impl Engine {
             seen.activity = true;
             let noted = slot
                 .sightings()
-                .see(poll.seq, now_ns, || memory.figures(slot.tid));
+                .see(poll.seq, now_ns, !fine, || memory.figures(slot.tid));
             if noted.first_ns >= now_ns {
                 return;
             }

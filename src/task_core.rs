@@ -99,31 +99,35 @@ impl<F> fmt::Debug for TaskCell<F> {
 /// What a poll shorter than a tick reads and writes is here, in the
 /// wrapper (inside Tokio's own task, which Tokio has just touched), so that
 /// such a poll touches no cache line of the task's cell but its future's:
-/// the engine's address, the poll count (published to the cell at most once
-/// a tick), the window's deadline.
+/// the engine's address, the task's id, the poll count (published to the
+/// cell at most once a tick), the window's deadline, the tier. `repr(C)`
+/// keeps those in the first 56 bytes (see `Managed`), the rest after.
+#[repr(C)]
 pub(crate) struct TaskCore<F: Future> {
-    cell: Arc<TaskCell<F>>,
     /// `cell.engine`, without the trip through the cell.
     engine: NonNull<Engine>,
+    task_id: u64,
     /// Polls so far; the cell has the count as of `published_tick`.
     polls: u64,
-    /// The tick at which the poll count was last published, and the
-    /// watchdog's requests last checked.
-    published_tick: u64,
-    escalation: Escalation,
-    /// When the current window ends. Until then a poll shorter than a
-    /// tick changes nothing, so it needs no policy.
+    /// When the current window ends. Until then a poll too short to be
+    /// charged changes nothing, so it needs no policy.
     window_deadline_ns: u64,
-    /// Deficit round robin credit in the slow lane, in nanoseconds.
-    deficit_ns: i64,
-    /// The configuration generation the task last applied.
-    generation: u64,
-    /// The highest tier this task can be in: `Yield` if it cannot move.
-    max_tier: Tier,
-    /// The task gave way before its last slow-lane poll: let it run now.
-    deferred: bool,
+    /// The tick (its count's low bits) at which the poll count was last
+    /// published, and the watchdog's requests last checked.
+    published_tick: u32,
+    /// The configuration generation (its low bits) the task last applied.
+    generation: u32,
     /// The task has waited in the slow lane, so it may be offered a slot.
     lane_user: bool,
+    /// The task gave way before its last slow-lane poll: let it run now.
+    deferred: bool,
+    /// The highest tier this task can be in: `Yield` if it cannot move.
+    max_tier: Tier,
+    /// The tier machine; its first field is the tier.
+    escalation: Escalation,
+    /// Deficit round robin credit in the slow lane, in nanoseconds.
+    deficit_ns: i64,
+    cell: Arc<TaskCell<F>>,
 }
 
 impl<F: Future> TaskCore<F> {
@@ -139,12 +143,13 @@ impl<F: Future> TaskCore<F> {
         let escalation = Escalation::starting_at(start, now);
         TaskCore {
             engine: NonNull::from(&**engine),
+            task_id: cell.shared.id.0,
             polls: 0,
             published_tick: 0,
             window_deadline_ns: escalation.window_deadline_ns(&policy),
             escalation,
             deficit_ns: 0,
-            generation,
+            generation: generation as u32,
             max_tier,
             deferred: false,
             lane_user: false,
@@ -171,7 +176,7 @@ impl<F: Future> TaskCore<F> {
     #[cold]
     #[inline(never)]
     pub(crate) fn publish(&mut self, tick: u64) {
-        self.published_tick = tick;
+        self.published_tick = tick as u32;
         self.cell.shared.set_polls(self.polls);
         if let Some(forced) = self.cell.shared.take_forced_tier() {
             self.forced(forced);
@@ -186,7 +191,7 @@ impl<F: Future> TaskCore<F> {
     /// The task's tier, after applying a reconfiguration.
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
-        if self.fast_engine().generation(Ordering::Relaxed) != self.generation {
+        if self.fast_engine().generation(Ordering::Relaxed) as u32 != self.generation {
             self.reload_policy();
         }
         self.escalation.tier()
@@ -197,7 +202,7 @@ impl<F: Future> TaskCore<F> {
     #[cold]
     fn reload_policy(&mut self) {
         let (policy, generation) = self.cell.engine.policy(self.max_tier);
-        self.generation = generation;
+        self.generation = generation as u32;
         self.window_deadline_ns = self.escalation.window_deadline_ns(&policy);
         if self.escalation.tier() > policy.max_tier {
             self.force(&policy, policy.max_tier);
@@ -323,7 +328,7 @@ impl<F: Future> TaskCore<F> {
         }
         let start_ns = if exact { clock().now_ns() } else { 0 };
         let (out, published) = {
-            let scope = PollScope::enter(cell.shared.id.0, ticker, start_tick, tier >= Tier::Yield);
+            let scope = PollScope::enter(self.task_id, ticker, start_tick, tier >= Tier::Yield);
             // SAFETY: this core owns the future, and `&mut self` is held.
             let out = match unsafe { cell.future() } {
                 Some(future) => future.poll(cx),
@@ -334,7 +339,7 @@ impl<F: Future> TaskCore<F> {
         let end_tick = ticker.read();
         self.polls += 1;
         let ready = out.is_ready();
-        if end_tick.count() != self.published_tick {
+        if end_tick.count() as u32 != self.published_tick {
             self.publish(end_tick.count());
         }
         if !exact && end_tick.count() == start_tick.count() {
@@ -415,7 +420,10 @@ impl<F: Future> TaskCore<F> {
         if let Some(cpu) = cpu_ns {
             task.record_cpu(cpu);
         }
-        if poll_ns >= policy.limits.charge_floor_ns {
+        // Long polls on the main workers want fine ticks; the long polls of
+        // isolated tasks, on the pool, are expected, and coarse ones judge
+        // them well enough.
+        if poll_ns >= policy.limits.charge_floor_ns && self.escalation.tier() < Tier::Isolate {
             ticker.want_fine();
         }
         // This poll is reported here; an observing runtime hook must not

@@ -23,11 +23,12 @@
 //!   about: a poll that outlasts a tick asks for it, and it stays for a
 //!   while after the last one. This is the resolution long polls are judged
 //!   at.
-//! - **coarse**, twice the slow-poll threshold, while polls run but all
-//!   are short: nothing to resolve finely, and an eighth of the wake-ups. A
-//!   long poll starting in this pace is measured to within one coarse
-//!   period, and when it ends it switches the pace to fine for the polls
-//!   after it (a hog is judged finely from its second long poll on).
+//! - **coarse**, four times the slow-poll threshold, while polls run but
+//!   all are short: nothing to resolve finely, and a sixteenth of the
+//!   wake-ups. A long poll starting in this pace is measured to within one
+//!   coarse period, and when it ends it switches the pace to fine for the
+//!   polls after it (a hog is judged finely from its second long poll on;
+//!   a lone slow poll may go unseen).
 //! - **idle**: no managed poll since the last ticks, so the period doubles,
 //!   up to [`IDLE_PERIOD`], and the tick word carries a flag that the next
 //!   poll to start sees: it wakes the ticker, which goes back to fine.
@@ -219,6 +220,11 @@ impl Ticker {
         }
     }
 
+    /// Whether ticks are fine now.
+    pub(crate) fn is_fine(&self) -> bool {
+        self.hot.fine.load(Relaxed)
+    }
+
     /// Records the ticker thread, so that polls can wake it.
     pub(crate) fn set_thread(&self, thread: Thread) {
         let _ = self.thread.set(thread);
@@ -270,7 +276,7 @@ impl Pace {
         slow_poll: Duration,
     ) -> (Duration, bool) {
         let fine = (slow_poll / 4).max(Duration::from_micros(50));
-        let coarse = slow_poll * 2;
+        let coarse = slow_poll * 4;
         // Only a poll's own measure, net of the time its thread waited for
         // a CPU, asks for fine ticks: a poll the ticker saw twice may just
         // have been descheduled.
@@ -345,17 +351,17 @@ mod tests {
         let slow = Duration::from_millis(1);
         let mut pace = Pace::new();
         let busy = Seen { activity: true };
-        assert_eq!(pace.next(&t, busy, 0, slow), (slow * 2, false));
+        assert_eq!(pace.next(&t, busy, 0, slow), (slow * 4, false));
         t.want_fine();
         assert_eq!(pace.next(&t, busy, MS, slow), (slow / 4, false));
         assert_eq!(pace.next(&t, busy, 2 * MS, slow), (slow / 4, false));
-        assert_eq!(pace.next(&t, busy, 300 * MS, slow), (slow * 2, false));
+        assert_eq!(pace.next(&t, busy, 300 * MS, slow), (slow * 4, false));
         let mut periods = Vec::new();
         for i in 0..20 {
             periods.push(pace.next(&t, Seen::default(), (600 + i) * MS, slow));
         }
         assert!(periods[..7].iter().all(|&(_, idle)| !idle));
-        assert_eq!(periods[7], (slow * 4, true));
+        assert_eq!(periods[7], (slow * 8, true));
         assert_eq!(periods[19], (IDLE_PERIOD, true));
     }
 }

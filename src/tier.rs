@@ -188,7 +188,9 @@ pub(crate) struct EscalationPolicy {
 }
 
 /// One task's position in the tier ladder and the evidence behind it.
+/// `repr(C)`: the tier, read on every poll, comes first (see `TaskCore`).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct Escalation {
     tier: Tier,
     window: WindowBudget,

@@ -20,6 +20,7 @@ static ROUNDS_PER_US: AtomicU64 = AtomicU64::new(0);
 /// by [`calibrate`], rather than a spin until the wall clock says `d`
 /// (which would finish early, in CPU terms, on a thread the OS preempts).
 /// Use it where throughputs are compared.
+#[inline(never)] // the same machine code for every caller: a fair unit of work
 pub fn work(d: Duration) {
     let rounds = ROUNDS_PER_US.load(Relaxed) * d.as_nanos() as u64 / 1_000;
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
