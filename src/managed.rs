@@ -60,15 +60,11 @@ where
 /// panic in the wrapped future propagates unchanged, also from the
 /// isolation pool.
 #[must_use = "futures do nothing unless polled"]
+// `repr(C)`: Tokio keeps a task's future right after its own hot words, so
+// the first 64 bytes of the wrapper (the span check and the core's hot
+// fields, see `TaskCore`) share the cache lines Tokio has just touched.
+#[repr(C)]
 pub struct Managed<F: Future> {
-    state: State<F>,
-    /// The task's allocation: its shared state, engine and future. The core
-    /// holds it too; the wrapper keeps its own hold for the task's end,
-    /// wherever the core is then.
-    cell: Arc<TaskCell<F>>,
-    /// Moves the core to the isolation pool; `None` for futures that are
-    /// not `Send`, which stay on their thread (capped at `Tier::Yield`).
-    isolator: Option<Isolator<F>>,
     /// Entered around every poll on the runtime, so that events from inside
     /// the task carry its identity. `None` unless a subscriber enabled it
     /// when the task was created (`tokio_pulse::task` at `DEBUG`): a
@@ -76,15 +72,17 @@ pub struct Managed<F: Future> {
     /// wrapper cost ~6 ns a poll, where checking an `Option<Box<_>>` costs
     /// nothing measurable. Polls on the isolation pool run outside it.
     span: Option<Box<tracing::Span>>,
-}
-
-enum State<F: Future> {
-    /// Polled here, on the spawning runtime.
-    Local(TaskCore<F>),
-    /// Moved to the isolation pool.
-    Isolated(Arc<Handoff<TaskCore<F>>>),
-    /// Completed, panicked, or polled after either.
-    Done,
+    /// The task's core while it is polled here, on the spawning runtime.
+    core: Option<TaskCore<F>>,
+    /// Where the core waits on the isolation pool, while it is there.
+    isolated: Option<Arc<Handoff<TaskCore<F>>>>,
+    /// The task's allocation: its shared state, engine and future. The core
+    /// holds it too; the wrapper keeps its own hold for the task's end,
+    /// wherever the core is then.
+    cell: Arc<TaskCell<F>>,
+    /// Moves the core to the isolation pool; `None` for futures that are
+    /// not `Send`, which stay on their thread (capped at `Tier::Yield`).
+    isolator: Option<Isolator<F>>,
 }
 
 impl<F: Future> Managed<F> {
@@ -113,7 +111,8 @@ impl<F: Future> Managed<F> {
         );
         Managed {
             span: (!span.is_disabled()).then(|| Box::new(span)),
-            state: State::Local(TaskCore::new(Arc::clone(&cell), max_tier, start)),
+            core: Some(TaskCore::new(Arc::clone(&cell), max_tier, start)),
+            isolated: None,
             cell,
             isolator,
         }
@@ -145,47 +144,53 @@ impl<F: Future> Managed<F> {
     #[inline(always)]
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
         loop {
-            match &mut self.state {
-                State::Local(core) => {
-                    let tier = core.tier();
-                    if let Some(isolate) = self.isolator {
-                        if tier == Tier::Isolate {
-                            let State::Local(core) =
-                                std::mem::replace(&mut self.state, State::Done)
-                            else {
-                                unreachable!("matched Local above");
-                            };
-                            core.pass_lane_offer();
-                            self.state = match isolate(core) {
-                                Ok(handoff) => State::Isolated(handoff),
-                                Err(core) => {
-                                    // No pool: the task stays in the slow lane.
-                                    self.isolator = None;
-                                    State::Local(core)
-                                }
-                            };
-                            continue;
-                        }
-                    }
-                    let out = core.poll_local(cx, tier);
-                    if out.is_ready() {
-                        self.state = State::Done;
-                    }
-                    return out;
+            if let Some(core) = &mut self.core {
+                let tier = core.tier();
+                if tier == Tier::Isolate && self.isolator.is_some() {
+                    self.isolate();
+                    continue;
                 }
-                State::Isolated(handoff) => match handoff.poll_origin(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Outcome::Returned(core)) => self.state = State::Local(core),
-                    Poll::Ready(Outcome::Output(out)) => {
-                        self.state = State::Done;
-                        return Poll::Ready(out);
-                    }
-                    Poll::Ready(Outcome::Panicked(payload)) => {
-                        self.state = State::Done;
-                        std::panic::resume_unwind(payload);
-                    }
-                },
-                State::Done => panic!("`Managed` future polled after completion"),
+                let out = core.poll_local(cx, tier);
+                if out.is_ready() {
+                    self.core = None;
+                }
+                return out;
+            }
+            let Some(handoff) = &self.isolated else {
+                panic!("`Managed` future polled after completion");
+            };
+            match handoff.poll_origin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Outcome::Returned(core)) => {
+                    self.isolated = None;
+                    self.core = Some(core);
+                }
+                Poll::Ready(Outcome::Output(out)) => {
+                    self.isolated = None;
+                    return Poll::Ready(out);
+                }
+                Poll::Ready(Outcome::Panicked(payload)) => {
+                    self.isolated = None;
+                    std::panic::resume_unwind(payload);
+                }
+            }
+        }
+    }
+
+    /// Moves the core to the isolation pool, or, if there is none, keeps
+    /// it here for good (in the slow lane).
+    #[cold]
+    #[inline(never)]
+    fn isolate(&mut self) {
+        let (Some(core), Some(isolate)) = (self.core.take(), self.isolator) else {
+            return;
+        };
+        core.pass_lane_offer();
+        match isolate(core) {
+            Ok(handoff) => self.isolated = Some(handoff),
+            Err(core) => {
+                self.isolator = None;
+                self.core = Some(core);
             }
         }
     }
@@ -202,10 +207,9 @@ impl<F: Future> Drop for Managed<F> {
         // The core, if here, goes first: dropping it publishes the task's
         // final poll count, which `task_ended` adds to the totals. (The
         // future itself goes with the last hold of the cell.)
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Isolated(handoff) => handoff.cancel(),
-            State::Local(core) => drop(core),
-            State::Done => {}
+        drop(self.core.take());
+        if let Some(handoff) = self.isolated.take() {
+            handoff.cancel();
         }
         engine.task_ended(task);
     }
@@ -220,7 +224,7 @@ impl<F: Future> std::fmt::Debug for Managed<F> {
                     shared: &self.cell.shared,
                 },
             )
-            .field("isolated", &matches!(self.state, State::Isolated(_)))
+            .field("isolated", &self.isolated.is_some())
             .finish_non_exhaustive()
     }
 }
