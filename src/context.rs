@@ -219,38 +219,23 @@ impl ThreadSlot {
         &self.seen
     }
 
-    /// Publishes a poll that starts. Returns its sequence number, and the
-    /// poll it is nested in, if any (whose publication it ends, so that no
-    /// reader pairs that one's sequence with these words).
+    /// Publishes a poll that starts, unless one is running already on this
+    /// thread (managed futures nest: a managed request inside a managed
+    /// task): then the outer poll stays published, the one that holds the
+    /// thread, and `None` is returned. Else returns the poll's sequence
+    /// number.
     #[inline(always)]
-    fn start(&self, task: u64, ticker: *const Ticker, start: u64) -> (u64, Option<Running>) {
+    fn start(&self, task: u64, ticker: *const Ticker, start: u64) -> Option<u64> {
         let w = &self.poll;
-        let mut seq = w.seq.load(Relaxed);
-        let mut outer = None;
+        let seq = w.seq.load(Relaxed);
         if seq % 2 == 1 {
-            outer = Some(self.own_running(seq));
-            seq += 1;
-            w.seq.store(seq, Relaxed);
-            fence(Release);
+            return None;
         }
         w.task.store(task, Relaxed);
         w.ticker.store(ticker.cast_mut(), Relaxed);
         w.start.store(start, Relaxed);
         w.seq.store(seq + 1, Release);
-        (seq + 1, outer)
-    }
-
-    /// The poll this thread is running (read by the thread itself, which
-    /// alone writes these words: no need for the seqlock).
-    #[cold]
-    fn own_running(&self, seq: u64) -> Running {
-        let w = &self.poll;
-        Running {
-            seq,
-            task: w.task.load(Relaxed),
-            ticker: w.ticker.load(Relaxed),
-            start: w.start.load(Relaxed),
-        }
+        Some(seq + 1)
     }
 
     /// Ends the poll published with `seq`.
@@ -354,46 +339,35 @@ pub(crate) fn current() -> Option<CurrentPoll> {
     })
 }
 
-/// Marks a managed poll as running until dropped; restores the enclosing
-/// one (managed futures nest, e.g. a managed request inside a managed
-/// task), also when the poll panics.
+/// Marks a managed poll as running until dropped, also when the poll
+/// panics. A poll nested in another managed poll on the same thread is not
+/// published: the outer one is, as the poll that holds the thread.
 pub(crate) struct PollScope {
-    slot: Option<&'static ThreadSlot>,
-    seq: u64,
-    outer: Option<Running>,
+    /// The slot and the poll's sequence number in it, if published.
+    published: Option<(&'static ThreadSlot, u64)>,
 }
 
 impl PollScope {
     #[inline(always)]
     pub(crate) fn enter(task: u64, ticker: &Ticker, start: Tick, yield_slice: bool) -> PollScope {
-        let Some(slot) = slot() else {
-            return PollScope {
-                slot: None,
-                seq: 0,
-                outer: None,
-            };
-        };
-        let (seq, outer) = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice));
-        PollScope {
-            slot: Some(slot),
-            seq,
-            outer,
-        }
+        let published = slot().and_then(|slot| {
+            let seq = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice))?;
+            Some((slot, seq))
+        });
+        PollScope { published }
     }
 
-    /// The poll's sequence number in its slot, and the slot.
+    /// The poll's slot and sequence number in it, if it was published.
     pub(crate) fn slot(&self) -> Option<(&'static ThreadSlot, u64)> {
-        self.slot.map(|s| (s, self.seq))
+        self.published
     }
 }
 
 impl Drop for PollScope {
     #[inline(always)]
     fn drop(&mut self) {
-        let Some(slot) = self.slot else { return };
-        slot.end(self.seq);
-        if let Some(outer) = self.outer {
-            slot.start(outer.task, outer.ticker, outer.start);
+        if let Some((slot, seq)) = self.published {
+            slot.end(seq);
         }
     }
 }
@@ -412,7 +386,7 @@ mod loom_models {
     fn loom_a_slot_reading_never_mixes_two_polls() {
         loom::model(|| {
             let slot = Arc::new(ThreadSlot::new(None, 0));
-            let (first, _) = slot.start(1, ptr::null(), 10);
+            let first = slot.start(1, ptr::null(), 10).unwrap();
             let writer = {
                 let slot = slot.clone();
                 thread::spawn(move || {
@@ -422,26 +396,6 @@ mod loom_models {
             };
             if let Some(seen) = slot.read() {
                 let expected = if seen.seq == first { (1, 10) } else { (2, 20) };
-                assert_eq!((seen.task, seen.start), expected, "{seen:?}");
-            }
-            writer.join().unwrap();
-        });
-    }
-
-    /// The same when the second poll is nested in the first.
-    #[test]
-    fn loom_a_nested_poll_is_never_read_with_the_outer_ones_sequence() {
-        loom::model(|| {
-            let slot = Arc::new(ThreadSlot::new(None, 0));
-            let (outer, _) = slot.start(1, ptr::null(), 10);
-            let writer = {
-                let slot = slot.clone();
-                thread::spawn(move || {
-                    slot.start(2, ptr::null(), 20);
-                })
-            };
-            if let Some(seen) = slot.read() {
-                let expected = if seen.seq == outer { (1, 10) } else { (2, 20) };
                 assert_eq!((seen.task, seen.start), expected, "{seen:?}");
             }
             writer.join().unwrap();

@@ -75,6 +75,12 @@ impl<F> TaskCell<F> {
         unsafe { (*self.future.get()).as_mut().map(|f| Pin::new_unchecked(f)) }
     }
 
+    /// Where the future lies (for a prefetch: not to be dereferenced).
+    #[inline(always)]
+    pub(crate) fn future_addr(&self) -> *const u8 {
+        self.future.get().cast_const().cast()
+    }
+
     /// Drops the future in place.
     ///
     /// # Safety
@@ -100,8 +106,9 @@ impl<F> fmt::Debug for TaskCell<F> {
 /// wrapper (inside Tokio's own task, which Tokio has just touched), so that
 /// such a poll touches no cache line of the task's cell but its future's:
 /// the engine's address, the task's id, the poll count (published to the
-/// cell at most once a tick), the window's deadline, the tier. `repr(C)`
-/// keeps those in the first 56 bytes (see `Managed`), the rest after.
+/// cell at most once a tick), the window's deadline, the cell's address,
+/// the tier. `repr(C)` keeps those in the first 57 bytes (see `Managed`),
+/// the rest after.
 #[repr(C)]
 pub(crate) struct TaskCore<F: Future> {
     /// `cell.engine`, without the trip through the cell.
@@ -117,6 +124,7 @@ pub(crate) struct TaskCore<F: Future> {
     published_tick: u32,
     /// The configuration generation (its low bits) the task last applied.
     generation: u32,
+    cell: Arc<TaskCell<F>>,
     /// The task has waited in the slow lane, so it may be offered a slot.
     lane_user: bool,
     /// The task gave way before its last slow-lane poll: let it run now.
@@ -127,7 +135,6 @@ pub(crate) struct TaskCore<F: Future> {
     escalation: Escalation,
     /// Deficit round robin credit in the slow lane, in nanoseconds.
     deficit_ns: i64,
-    cell: Arc<TaskCell<F>>,
 }
 
 impl<F: Future> TaskCore<F> {
@@ -189,8 +196,14 @@ impl<F: Future> TaskCore<F> {
     }
 
     /// The task's tier, after applying a reconfiguration.
+    ///
+    /// Also asks the CPU to start fetching the future, which lies in the
+    /// task's cell, away from Tokio's task: the fetch overlaps the checks
+    /// and stores that come before the future is polled, instead of
+    /// stalling the poll (a measured 15 % of the wrapper's cost).
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
+        prefetch(self.cell.future_addr());
         if self.fast_engine().generation(Ordering::Relaxed) as u32 != self.generation {
             self.reload_policy();
         }
@@ -232,14 +245,23 @@ impl<F: Future> TaskCore<F> {
 
     /// Polls on the main workers, applying the intervention of `tier`
     /// (from [`tier`](Self::tier), just before).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn poll_local(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
+        if tier >= Tier::Yield || self.lane_user {
+            return self.poll_local_suspect(cx, tier);
+        }
+        self.poll_measured(cx, tier)
+    }
+
+    /// [`poll_local`](Self::poll_local) for a task that is, or was, in the
+    /// slow lane.
+    #[cold]
+    #[inline(never)]
+    fn poll_local_suspect(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
         if tier >= Tier::Yield {
             return self.poll_in_slow_lane(cx, tier);
         }
-        if self.lane_user {
-            self.pass_lane_offer();
-        }
+        self.pass_lane_offer();
         self.poll_measured(cx, tier)
     }
 
@@ -297,7 +319,7 @@ impl<F: Future> TaskCore<F> {
         out
     }
 
-    #[inline]
+    #[inline(always)]
     fn poll_measured(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
         self.poll_timed(cx, tier).0
     }
@@ -305,11 +327,45 @@ impl<F: Future> TaskCore<F> {
     /// The managed poll: returns the future's result and how long the
     /// poll is judged to have taken, in nanoseconds (0 for a poll shorter
     /// than a tick; see `ticker`).
-    #[inline]
+    ///
+    /// The fast path, taken by nearly every poll: no hooks, sampled timing,
+    /// and no tick since the task's last bookkeeping. It publishes the poll
+    /// for the watchdog, polls, counts, and compares ticks: a poll in which
+    /// no tick went by was short, and between ticks no window can end, so
+    /// there is nothing more to do. Anything else goes out of line.
+    #[inline(always)]
     fn poll_timed(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
         // SAFETY: both are kept alive by `self.cell`, which `self` holds
         // throughout; taken as plain references so that `self` stays free
         // for the bookkeeping after the poll.
+        let (engine, cell) = unsafe { (self.engine.as_ref(), &*Arc::as_ptr(&self.cell)) };
+        if engine.hooks.is_installed() || engine.exact_timing() {
+            return self.poll_attended(cx, tier);
+        }
+        let ticker = &engine.ticker;
+        let start = ticker.read();
+        if start.idle() {
+            ticker.wake(start);
+        }
+        let (out, published) = {
+            let scope = PollScope::enter(self.task_id, ticker, start, tier >= Tier::Yield);
+            (poll_future(cell, cx), scope.slot())
+        };
+        let end = ticker.read();
+        self.polls += 1;
+        if end.count() == start.count() && end.count() as u32 == self.published_tick {
+            return (out, 0);
+        }
+        let ready = out.is_ready();
+        let poll_ns = self.after_tick(start, end, 0, published, ready, false);
+        (out, poll_ns)
+    }
+
+    /// [`poll_timed`](Self::poll_timed) with hooks to call, or exact timing.
+    #[cold]
+    #[inline(never)]
+    fn poll_attended(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
+        // SAFETY: as in `poll_timed`.
         let (engine, cell) = unsafe { (self.engine.as_ref(), &*Arc::as_ptr(&self.cell)) };
         let hooks = engine.hooks.is_installed();
         if hooks {
@@ -322,47 +378,63 @@ impl<F: Future> TaskCore<F> {
         }
         let ticker = &engine.ticker;
         let exact = engine.exact_timing();
-        let start_tick = ticker.read();
-        if start_tick.idle() {
-            ticker.wake(start_tick);
+        let start = ticker.read();
+        if start.idle() {
+            ticker.wake(start);
         }
         let start_ns = if exact { clock().now_ns() } else { 0 };
         let (out, published) = {
-            let scope = PollScope::enter(self.task_id, ticker, start_tick, tier >= Tier::Yield);
-            // SAFETY: this core owns the future, and `&mut self` is held.
-            let out = match unsafe { cell.future() } {
-                Some(future) => future.poll(cx),
-                None => panic!("`Managed` future polled after completion"),
-            };
-            (out, scope.slot())
+            let scope = PollScope::enter(self.task_id, ticker, start, tier >= Tier::Yield);
+            (poll_future(cell, cx), scope.slot())
         };
-        let end_tick = ticker.read();
+        let end = ticker.read();
         self.polls += 1;
         let ready = out.is_ready();
-        if end_tick.count() as u32 != self.published_tick {
-            self.publish(end_tick.count());
-        }
-        if !exact && end_tick.count() == start_tick.count() {
-            // Shorter than a tick: nothing to measure. Only a window that
-            // has run its course closes, at the time of the latest tick.
-            let now = ticker.latest_ns();
-            if now >= self.window_deadline_ns {
-                self.judge(0, None, now, now);
-            }
-            if hooks {
-                self.report_poll(0, false, false, ready);
-            }
-            return (out, 0);
-        }
-        let poll_ns = self.measured(start_tick, end_tick, start_ns, published, ready, hooks);
-        self.publish(end_tick.count());
+        let poll_ns =
+            if exact || end.count() != start.count() || end.count() as u32 != self.published_tick {
+                self.after_tick(start, end, start_ns, published, ready, hooks)
+            } else {
+                if hooks {
+                    self.report_poll(0, false, false, ready);
+                }
+                0
+            };
         (out, poll_ns)
+    }
+
+    /// After a poll in which a tick went by (or after the first poll since
+    /// one did, or after every poll with exact timing): publishes the poll
+    /// count, measures the poll if it spanned a tick, and closes the window
+    /// if it has run its course. Returns the length the poll is judged by.
+    #[inline(never)]
+    fn after_tick(
+        &mut self,
+        start: Tick,
+        end: Tick,
+        start_ns: u64,
+        published: Option<(&ThreadSlot, u64)>,
+        ready: bool,
+        hooks: bool,
+    ) -> u64 {
+        self.publish(end.count());
+        if start_ns != 0 || end.count() != start.count() {
+            return self.measured(start, end, start_ns, published, ready, hooks);
+        }
+        // Shorter than a tick: nothing to measure. Only a window that has
+        // run its course closes, at the time of the latest tick.
+        let now = self.fast_engine().ticker.latest_ns();
+        if now >= self.window_deadline_ns {
+            self.judge(0, None, now, now);
+        }
+        if hooks {
+            self.report_poll(0, false, false, ready);
+        }
+        0
     }
 
     /// The rest of a poll that outlasted a tick (or of every poll, with
     /// exact timing): reads the clock, judges the poll by how long it
     /// certainly ran, and records it. Returns that length.
-    #[inline(never)]
     fn measured(
         &mut self,
         start_tick: Tick,
@@ -488,6 +560,30 @@ impl<F: Future> TaskCore<F> {
                 .task_offended(&self.cell.shared, self.escalation.tier(), now_ns);
         }
     }
+}
+
+/// Polls the future in `cell`.
+#[inline(always)]
+fn poll_future<F: Future>(cell: &TaskCell<F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    // SAFETY: called by the core, this future's unique owner, while it
+    // holds `&mut` of itself (see `TaskCell::future`).
+    match unsafe { cell.future() } {
+        Some(future) => future.poll(cx),
+        None => panic!("`Managed` future polled after completion"),
+    }
+}
+
+/// Starts fetching the cache line at `addr` (a hint; no effect elsewhere).
+#[inline(always)]
+fn prefetch(addr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint to the cache: it reads nothing the
+    // program sees and cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(addr.cast(), std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 // SAFETY: `engine` points to the engine the core's cell keeps alive, and
