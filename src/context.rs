@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicPtr, AtomicU64, fence, lock};
+use crate::task::TaskShared;
 use crate::ticker::{Tick, Ticker};
 use crate::timing::schedstat::{SchedStat, SchedStatFile};
 
@@ -49,7 +50,8 @@ pub(crate) struct ThreadSlot {
 #[derive(Debug)]
 struct PollWords {
     seq: AtomicU64,
-    task: AtomicU64,
+    /// The task polled: readable only through [`inspect`].
+    task: AtomicPtr<TaskShared>,
     /// The ticker of the engine managing the task: names the engine.
     ticker: AtomicPtr<Ticker>,
     /// The tick count at the poll's start, shifted left once; the low bit
@@ -156,7 +158,8 @@ impl Sightings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Running {
     pub seq: u64,
-    pub task: u64,
+    /// The task polled; dereference it only through [`inspect`].
+    pub task: *const TaskShared,
     pub ticker: *const Ticker,
     pub start: u64,
 }
@@ -166,7 +169,7 @@ impl ThreadSlot {
         ThreadSlot {
             poll: CachePadded::new(PollWords {
                 seq: AtomicU64::new(0),
-                task: AtomicU64::new(0),
+                task: AtomicPtr::new(ptr::null_mut()),
                 ticker: AtomicPtr::new(ptr::null_mut()),
                 start: AtomicU64::new(0),
             }),
@@ -225,13 +228,13 @@ impl ThreadSlot {
     /// thread, and `None` is returned. Else returns the poll's sequence
     /// number.
     #[inline(always)]
-    fn start(&self, task: u64, ticker: *const Ticker, start: u64) -> Option<u64> {
+    fn start(&self, task: *const TaskShared, ticker: *const Ticker, start: u64) -> Option<u64> {
         let w = &self.poll;
         let seq = w.seq.load(Relaxed);
         if seq % 2 == 1 {
             return None;
         }
-        w.task.store(task, Relaxed);
+        w.task.store(task.cast_mut(), Relaxed);
         w.ticker.store(ticker.cast_mut(), Relaxed);
         w.start.store(start, Relaxed);
         w.seq.store(seq + 1, Release);
@@ -349,7 +352,12 @@ pub(crate) struct PollScope {
 
 impl PollScope {
     #[inline(always)]
-    pub(crate) fn enter(task: u64, ticker: &Ticker, start: Tick, yield_slice: bool) -> PollScope {
+    pub(crate) fn enter(
+        task: &TaskShared,
+        ticker: &Ticker,
+        start: Tick,
+        yield_slice: bool,
+    ) -> PollScope {
         let published = slot().and_then(|slot| {
             let seq = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice))?;
             Some((slot, seq))
@@ -372,6 +380,54 @@ impl Drop for PollScope {
     }
 }
 
+/// The task a ticker is inspecting now (its address), or 0; see [`inspect`].
+static INSPECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One inspection at a time, process-wide (each engine has its ticker).
+static INSPECTOR: Mutex<()> = Mutex::new(());
+
+/// Runs `f` on the task of `poll`, found running in `slot`, if that poll is
+/// still running: a ticker's way to a task it saw in a slot, registered or
+/// not (a task registers at its first `Pending`; see `registry`).
+///
+/// A poll in progress keeps its task alive, but it may end, and its task
+/// be freed, at any moment after the slot was read. So the inspector
+/// first announces the task it is about to read, then checks the poll
+/// still runs; a task's memory, before it is freed, waits out any
+/// announcement of it ([`before_free`]). With a sequentially consistent
+/// fence on both sides, either the inspector sees the poll ended, or the
+/// freeing thread sees the announcement: never neither. The fence costs the
+/// freeing side once per task, the inspecting side once per inspection.
+pub(crate) fn inspect<R>(
+    slot: &ThreadSlot,
+    poll: Running,
+    f: impl FnOnce(&TaskShared) -> R,
+) -> Option<R> {
+    use std::sync::atomic::{Ordering::SeqCst, fence};
+    let _one_at_a_time = lock(&INSPECTOR);
+    INSPECTING.store(poll.task as usize, SeqCst);
+    fence(SeqCst);
+    let out = (slot.seq() == poll.seq).then(|| {
+        // SAFETY: the poll was still running after the announcement, so
+        // the task was alive then, and `before_free` keeps it alive until
+        // the announcement is withdrawn below.
+        f(unsafe { &*poll.task })
+    });
+    INSPECTING.store(0, SeqCst);
+    out
+}
+
+/// Called just before a task's memory is freed: waits while a ticker is
+/// inspecting it (a few microseconds at most).
+pub(crate) fn before_free(task: &TaskShared) {
+    use std::sync::atomic::{Ordering::SeqCst, fence};
+    fence(SeqCst);
+    let me = std::ptr::from_ref(task) as usize;
+    while INSPECTING.load(SeqCst) == me {
+        std::hint::spin_loop();
+    }
+}
+
 /// Model check of the slot protocol: `RUSTFLAGS="--cfg pulse_loom" cargo
 /// test --lib --release loom`.
 #[cfg(all(test, pulse_loom))]
@@ -386,16 +442,20 @@ mod loom_models {
     fn loom_a_slot_reading_never_mixes_two_polls() {
         loom::model(|| {
             let slot = Arc::new(ThreadSlot::new(None, 0));
-            let first = slot.start(1, ptr::null(), 10).unwrap();
+            let (a, b) = (
+                ptr::dangling::<TaskShared>(),
+                ptr::dangling::<TaskShared>().wrapping_add(1),
+            );
+            let first = slot.start(a, ptr::null(), 10).unwrap();
             let writer = {
                 let slot = slot.clone();
                 thread::spawn(move || {
                     slot.end(first);
-                    slot.start(2, ptr::null(), 20);
+                    slot.start(b, ptr::null(), 20);
                 })
             };
             if let Some(seen) = slot.read() {
-                let expected = if seen.seq == first { (1, 10) } else { (2, 20) };
+                let expected = if seen.seq == first { (a, 10) } else { (b, 20) };
                 assert_eq!((seen.task, seen.start), expected, "{seen:?}");
             }
             writer.join().unwrap();

@@ -219,6 +219,11 @@ impl Engine {
     }
 
     /// A managed task starts.
+    pub(crate) fn task_spawned(&self) {
+        self.stats.task_spawned();
+    }
+
+    /// Registers a task for snapshots (at its first `Pending`).
     ///
     /// # Safety
     /// `task` must stay valid until [`task_ended`](Self::task_ended) is
@@ -226,12 +231,14 @@ impl Engine {
     pub(crate) unsafe fn register(&self, task: &TaskShared) {
         // SAFETY: passed on from the caller.
         unsafe { self.registry.insert(task) };
-        self.stats.task_spawned();
+        task.set_registered();
     }
 
     /// A managed task ended: completed, panicked or cancelled.
     pub(crate) fn task_ended(&self, task: &TaskShared) {
-        self.registry.remove(task.id);
+        if task.is_registered() {
+            self.registry.remove(task.id);
+        }
         self.stats.task_ended(&task.counters());
         if let Some(origins) = &self.origins {
             if !task.offended() {
@@ -295,9 +302,9 @@ impl Engine {
         crate::tier::PerTier::tally(tiers)
     }
 
-    /// Live managed tasks.
+    /// Live managed tasks (spawned and not ended, registered or not).
     pub(crate) fn task_count(&self) -> usize {
-        self.registry.len()
+        self.stats.live_tasks()
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -440,14 +447,7 @@ impl Engine {
                     running_ns = charged(running_ns, now_ns - stamp_ns, now.since(before)).run_ns;
                 }
             }
-            watchdog::check(
-                slot,
-                poll,
-                running_ns,
-                threshold_ns,
-                &self.registry,
-                &self.stats,
-            );
+            watchdog::check(slot, poll, running_ns, threshold_ns, &self.stats);
         });
         slots.sweep_end();
         seen

@@ -99,9 +99,7 @@ impl<F: Future> Managed<F> {
             Tier::Yield
         };
         let cell = Arc::new(TaskCell::new(task, engine, future));
-        // SAFETY: `Drop for Managed` removes the task from the registry
-        // before it lets go of `cell`, the registry's only other way to it.
-        unsafe { cell.engine.register(&cell.shared) };
+        cell.engine.task_spawned();
         let span = tracing::debug_span!(
             target: "tokio_pulse::task",
             "pulse.task",

@@ -114,8 +114,9 @@ impl Pulse {
         Managed::new(Arc::clone(&self.engine), task, future, isolator)
     }
 
-    /// The state of every live managed task. Takes each registry shard's
-    /// lock briefly; never blocks the poll path.
+    /// The state of the live managed tasks (those that have returned
+    /// `Pending` at least once: see [`Snapshot::tasks`]). Takes each
+    /// registry shard's lock briefly; never blocks the poll path.
     pub fn snapshot(&self) -> Snapshot {
         self.engine.snapshot()
     }
@@ -164,7 +165,8 @@ impl Pulse {
         self.engine.reconfigure(builder.config()?)
     }
 
-    /// Live managed tasks, without building a snapshot.
+    /// Live managed tasks (spawned or wrapped, and not ended), without
+    /// building a snapshot.
     pub fn task_count(&self) -> usize {
         self.engine.task_count()
     }

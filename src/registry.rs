@@ -1,10 +1,14 @@
-//! The set of live managed tasks, for `snapshot()` and the watchdog.
+//! The set of live managed tasks, for `snapshot()`.
 //!
-//! Touched twice in a task's life (spawn and end) and by readers, never on
-//! the poll path. It holds a plain pointer to each task's shared state,
-//! not a reference count: a task leaves the registry (under its shard's
-//! lock) before its state is freed, and readers use a task only under that
-//! lock, so they never see a freed one.
+//! A task registers at its first `Pending`, not at its spawn: one that
+//! completes in its first poll (as many short tasks do) never takes a lock
+//! here at all, and the registry is touched twice in a registered task's
+//! life, never on the poll path after that. (The watchdog does not need
+//! it: it reaches a running task through the thread slot it runs in, see
+//! `context::inspect`.) It holds a plain pointer to each task's shared
+//! state, not a reference count: a task leaves the registry (under its
+//! shard's lock) before its state is freed, and readers use a task only
+//! under that lock, so they never see a freed one.
 
 use std::ptr::NonNull;
 
@@ -39,24 +43,11 @@ impl Registry {
         self.tasks.remove(id.0);
     }
 
-    /// Runs `f` on the task with this id, if it is registered, under its
-    /// shard's lock: `f` must not reach the registry (a snapshot, say).
-    pub(crate) fn with<R>(&self, id: TaskId, f: impl FnOnce(&TaskShared) -> R) -> Option<R> {
-        self.tasks.with_shard(id.0, |shard| {
-            // SAFETY: registered, so valid (see `insert`), and it cannot be
-            // removed while this shard's lock is held.
-            shard.get(&id.0).map(|e| f(unsafe { e.0.as_ref() }))
-        })
-    }
-
-    /// Calls `f` on every live task, one shard locked at a time; as for
-    /// [`with`](Self::with), `f` must not reach the registry.
+    /// Calls `f` on every registered task, one shard locked at a time:
+    /// `f` must not reach the registry (a snapshot, say).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&TaskShared)) {
-        // SAFETY: as in `with`.
+        // SAFETY: registered, so valid (see `insert`), and it cannot be
+        // removed while its shard's lock is held.
         self.tasks.for_each(|e| f(unsafe { e.0.as_ref() }));
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.tasks.len()
     }
 }

@@ -17,7 +17,11 @@ use crate::timing::nanos;
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Snapshot {
-    /// One entry per live task, in no particular order.
+    /// One entry per live task, in no particular order: every task that
+    /// has returned `Pending` at least once and not ended. A task not
+    /// polled yet, or still in its first poll, is not listed (a task that
+    /// completes in its first poll never takes the registry's lock); a
+    /// first poll that runs too long is still in [`stuck`](Snapshot::stuck).
     pub tasks: Vec<TaskSnapshot>,
     /// Every live task of the runtimes observed through runtime hooks
     /// (feature `runtime-hooks`), as Tokio sees them: libraries' tasks
@@ -35,11 +39,18 @@ pub struct Snapshot {
 }
 
 /// A poll the watchdog would report: running now, past its threshold.
+///
+/// It names the task itself: a task still in its first poll is not in
+/// [`Snapshot::tasks`] yet.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StuckPoll {
     /// The task being polled.
     pub task: TaskId,
+    /// The task's name, if it has one.
+    pub name: Option<Cow<'static, str>>,
+    /// Where the task was spawned (or wrapped).
+    pub location: &'static Location<'static>,
     /// How long the poll has been running.
     pub running_for: Duration,
     /// The name of the thread it runs on.

@@ -156,6 +156,16 @@ impl PulseStats {
         IsolatedGauge(Arc::clone(&self.isolated))
     }
 
+    /// Tasks created and not ended yet.
+    pub(crate) fn live_tasks(&self) -> usize {
+        let (mut spawned, mut ended) = (0u64, 0u64);
+        for s in &self.stripes {
+            spawned += s.tasks_spawned.load(Relaxed);
+            ended += s.tasks_ended.load(Relaxed);
+        }
+        usize::try_from(spawned.saturating_sub(ended)).unwrap_or(usize::MAX)
+    }
+
     /// Totals of ended tasks plus `live`, the counters of live tasks.
     pub(crate) fn totals(&self, live: impl IntoIterator<Item = Counters>) -> Totals {
         let load = |a: &AtomicU64| a.load(Relaxed);

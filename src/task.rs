@@ -62,6 +62,8 @@ pub(crate) struct TaskShared {
     tier: AtomicU8,
     /// The task has misbehaved at least once (see `origins`).
     offended: AtomicBool,
+    /// The task is in the registry (from its first `Pending`).
+    registered: AtomicBool,
     busy_ns: AtomicU64,
     max_poll_ns: AtomicU64,
     slow_polls: AtomicU64,
@@ -93,6 +95,7 @@ impl TaskShared {
             stuck_reports: AtomicU64::new(0),
             forced_tier: AtomicU8::new(0),
             offended: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
             lane: OnceLock::new(),
         }
     }
@@ -172,6 +175,15 @@ impl TaskShared {
             Some(name) => OriginRef::Name(name),
             None => OriginRef::Site(self.location),
         }
+    }
+
+    /// Whether the task is in the registry.
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.load(Relaxed)
+    }
+
+    pub(crate) fn set_registered(&self) {
+        self.registered.store(true, Relaxed);
     }
 
     /// Marks the task as having misbehaved; `true` the first time.

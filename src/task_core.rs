@@ -92,6 +92,13 @@ impl<F> TaskCell<F> {
     }
 }
 
+impl<F> Drop for TaskCell<F> {
+    fn drop(&mut self) {
+        // A ticker may be reading the task it saw in a thread slot.
+        crate::context::before_free(&self.shared);
+    }
+}
+
 impl<F> fmt::Debug for TaskCell<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskCell")
@@ -105,15 +112,14 @@ impl<F> fmt::Debug for TaskCell<F> {
 /// What a poll shorter than a tick reads and writes is here, in the
 /// wrapper (inside Tokio's own task, which Tokio has just touched), so that
 /// such a poll touches no cache line of the task's cell but its future's:
-/// the engine's address, the task's id, the poll count (published to the
-/// cell at most once a tick), the window's deadline, the cell's address,
-/// the tier. `repr(C)` keeps those in the first 57 bytes (see `Managed`),
-/// the rest after.
+/// the engine's address, the poll count (published to the cell at most
+/// once a tick), the window's deadline, the cell's address, the tier.
+/// `repr(C)` keeps those in the first 49 bytes (see `Managed`), the rest
+/// after.
 #[repr(C)]
 pub(crate) struct TaskCore<F: Future> {
     /// `cell.engine`, without the trip through the cell.
     engine: NonNull<Engine>,
-    task_id: u64,
     /// Polls so far; the cell has the count as of `published_tick`.
     polls: u64,
     /// When the current window ends. Until then a poll too short to be
@@ -147,12 +153,14 @@ impl<F: Future> TaskCore<F> {
         cell.shared.set_tier(start);
         // The latest tick's time: no clock read for a spawn.
         let now = engine.ticker.latest_ns();
+        // A tick the first poll cannot be at, so that it takes the
+        // bookkeeping path, where a task registers (see `after_tick`).
+        let never = (engine.ticker.read().count() as u32).wrapping_sub(1);
         let escalation = Escalation::starting_at(start, now);
         TaskCore {
             engine: NonNull::from(&**engine),
-            task_id: cell.shared.id.0,
             polls: 0,
-            published_tick: 0,
+            published_tick: never,
             window_deadline_ns: escalation.window_deadline_ns(&policy),
             escalation,
             deficit_ns: 0,
@@ -348,7 +356,7 @@ impl<F: Future> TaskCore<F> {
             ticker.wake(start);
         }
         let (out, published) = {
-            let scope = PollScope::enter(self.task_id, ticker, start, tier >= Tier::Yield);
+            let scope = PollScope::enter(&cell.shared, ticker, start, tier >= Tier::Yield);
             (poll_future(cell, cx), scope.slot())
         };
         let end = ticker.read();
@@ -384,7 +392,7 @@ impl<F: Future> TaskCore<F> {
         }
         let start_ns = if exact { clock().now_ns() } else { 0 };
         let (out, published) = {
-            let scope = PollScope::enter(self.task_id, ticker, start, tier >= Tier::Yield);
+            let scope = PollScope::enter(&cell.shared, ticker, start, tier >= Tier::Yield);
             (poll_future(cell, cx), scope.slot())
         };
         let end = ticker.read();
@@ -417,6 +425,9 @@ impl<F: Future> TaskCore<F> {
         hooks: bool,
     ) -> u64 {
         self.publish(end.count());
+        if !ready && !self.cell.shared.is_registered() {
+            self.register();
+        }
         if start_ns != 0 || end.count() != start.count() {
             return self.measured(start, end, start_ns, published, ready, hooks);
         }
@@ -522,6 +533,18 @@ impl<F: Future> TaskCore<F> {
             self.judged(step, ChangeCause { poll_ns, cpu_ns }, end);
         }
         self.window_deadline_ns = self.escalation.window_deadline_ns(&policy);
+    }
+
+    /// Registers the task for snapshots, at its first `Pending`: a task that
+    /// completes in its first poll never shows in a snapshot, so spawning
+    /// one takes no lock at all (see `registry`).
+    #[cold]
+    #[inline(never)]
+    fn register(&self) {
+        // SAFETY: the wrapper's `Drop` unregisters the task (it is
+        // registered now, see `TaskShared::is_registered`) before letting go
+        // of its cell, and the core holds the cell until then.
+        unsafe { self.cell.engine.register(&self.cell.shared) };
     }
 
     /// Calls the `after_poll` hook.

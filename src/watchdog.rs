@@ -18,10 +18,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::context::{self, Running, ThreadSlot};
-use crate::registry::Registry;
 use crate::snapshot::StuckPoll;
 use crate::stats::PulseStats;
-use crate::task::TaskId;
 use crate::ticker::Ticker;
 use crate::tier::Tier;
 use crate::timing::{as_nanos, clock};
@@ -33,7 +31,6 @@ pub(crate) fn check(
     poll: Running,
     running_ns: u64,
     threshold_ns: u64,
-    registry: &Registry,
     stats: &PulseStats,
 ) {
     if running_ns < threshold_ns
@@ -41,18 +38,17 @@ pub(crate) fn check(
     {
         return;
     }
-    // Under the registry's lock: act on the task, and copy what the report
-    // needs, which is then made outside it (a subscriber may take a
-    // snapshot).
-    let found = registry.with(TaskId(poll.task), |task| {
+    // Act on the task, and copy what the report needs; the report is made
+    // after, with the task let go (a subscriber may be slow).
+    let found = context::inspect(slot, poll, |task| {
         task.record_stuck();
         let isolated = task.tier() >= Tier::Isolate;
         if !isolated {
             task.force_tier(Tier::Isolate);
         }
-        (task.name.clone(), task.location, isolated)
+        (task.id, task.name.clone(), task.location, isolated)
     });
-    let Some((name, location, isolated)) = found else {
+    let Some((id, name, location, isolated)) = found else {
         return; // ended in the meantime
     };
     stats.watchdog_report();
@@ -63,7 +59,7 @@ pub(crate) fn check(
         "the task will be isolated at its next poll"
     };
     tracing::error!(
-        task.id = poll.task,
+        task.id = id.as_u64(),
         task.name = name.as_deref().unwrap_or(""),
         task.location = %location,
         thread = slot.thread_name.as_deref().unwrap_or("<unnamed>"),
@@ -85,9 +81,15 @@ pub(crate) fn stuck_polls(ticker: &Ticker, min: Duration) -> Vec<StuckPoll> {
             return;
         };
         let running_ns = now.saturating_sub(seen.first_ns);
-        if running_ns >= min_ns {
+        if running_ns < min_ns {
+            return;
+        }
+        let task = context::inspect(slot, poll, |t| (t.id, t.name.clone(), t.location));
+        if let Some((task, name, location)) = task {
             found.push(StuckPoll {
-                task: TaskId(poll.task),
+                task,
+                name,
+                location,
                 running_for: Duration::from_nanos(running_ns),
                 thread: slot.thread_name.clone(),
             });

@@ -134,7 +134,10 @@ async fn scraped_series_show_a_hog_and_keep_moving() {
     assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
     let count = value(&last, "tokio_pulse_poll_duration_seconds_count", &[MANAGED]);
     assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count));
-    assert!(count <= polls, "{count} measured of {polls}");
+    // At most every poll was measured (give or take the one the hog was in
+    // on the pool when it was aborted: counted as measured when it ended,
+    // after the task's own count was added to the totals).
+    assert!(count <= polls + 1.0, "{count} measured of {polls}");
     // The hog's 2 ms polls fall between the 1.05 ms and 4.19 ms bounds.
     let at = |le: f64| buckets.iter().find(|b| b.0 == le).unwrap().1;
     assert!(at(0.004194304) - at(0.001048576) >= 4.0, "{buckets:?}");
