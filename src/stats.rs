@@ -22,8 +22,8 @@ use crate::tier::{PerTier, Tier};
 /// While a task ends, its counts move from the live task into the totals of
 /// ended tasks, and a reading taken at that moment can count them twice or
 /// not at all: two readings a moment apart may differ by one task's counts
-/// either way. [`MetricsPublisher`](crate::MetricsPublisher) (feature
-/// `metrics`) never publishes a counter lower than it did before.
+/// either way. The `metrics` feature's `MetricsPublisher` never publishes
+/// a counter lower than it did before.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Totals {
