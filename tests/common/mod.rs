@@ -87,6 +87,7 @@ pub async fn wait_for(
     .unwrap_or_else(|_| panic!("no matching tier change for {name} within {within:?}"))
 }
 
+pub mod busy;
 pub mod http;
 pub mod prometheus;
 
