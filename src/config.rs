@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::budget::BudgetLimits;
-use crate::isolation::IsolationPriority;
+use crate::isolation::{FloorSettings, IsolationPriority};
 use crate::origins::OriginSettings;
 use crate::tier::{EscalationPolicy, Tier};
 use crate::timing::as_nanos;
@@ -167,6 +167,8 @@ pub(crate) struct Interventions {
     pub isolation_priority: IsolationPriority,
     /// `None`: no watchdog.
     pub watchdog_threshold: Option<Duration>,
+    /// `None`: no progress floor for isolated work.
+    pub isolation_floor: Option<FloorSettings>,
 }
 
 impl Default for Interventions {
@@ -177,6 +179,7 @@ impl Default for Interventions {
             isolation_threads: cores,
             isolation_priority: IsolationPriority::default(),
             watchdog_threshold: Some(DEFAULT_WATCHDOG_THRESHOLD),
+            isolation_floor: Some(FloorSettings::DEFAULT),
         }
     }
 }
@@ -310,6 +313,9 @@ impl Config {
                 });
             }
         }
+        if let Some(floor) = i.isolation_floor {
+            validate_floor(floor)?;
+        }
         if let Some(threshold) = i.watchdog_threshold {
             if threshold <= self.slow_poll_threshold {
                 return Err(ConfigError::Inconsistent {
@@ -323,6 +329,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The bounds of [`PulseBuilder::isolation_floor`]'s settings.
+fn validate_floor(floor: FloorSettings) -> Result<(), ConfigError> {
+    const AFTER: std::ops::RangeInclusive<Duration> =
+        Duration::from_millis(10)..=Duration::from_secs(10);
+    if !(1..=50).contains(&floor.percent) {
+        return Err(ConfigError::OutOfRange {
+            field: "isolation_floor",
+            value: format!("{} %", floor.percent),
+            rule: "a share from 1 to 50 %",
+        });
+    }
+    if !AFTER.contains(&floor.after) {
+        return Err(ConfigError::OutOfRange {
+            field: "isolation_floor",
+            value: format!("{:?}", floor.after),
+            rule: "a time from 10ms to 10s (shorter would raise threads on ordinary scheduling jitter)",
+        });
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -368,6 +395,7 @@ struct Overrides {
     isolation_threads: Option<usize>,
     isolation_priority: Option<IsolationPriority>,
     watchdog_threshold: Option<Option<Duration>>,
+    isolation_floor: Option<Option<FloorSettings>>,
     origin_capacity: Option<Option<usize>>,
     origin_clean_tasks: Option<u32>,
     timing: Option<Timing>,
@@ -482,6 +510,33 @@ impl PulseBuilder {
         self
     }
 
+    /// The progress floor of isolated work: an isolation thread that has
+    /// had work for `after`, ran less than `percent` % of the last
+    /// `after`, and is waiting for a CPU, is raised back to normal priority
+    /// until it has had that share; then it drops back. A busy host (other
+    /// processes on every core, or saturated main workers) thus starves
+    /// isolated tasks for about `after` at most, and isolated work takes
+    /// at most about `percent` % of a CPU per isolation thread from
+    /// everyone else, main workers included, and only while it would
+    /// otherwise starve. Default 25 % after 50 ms; `percent` from 1 to 50,
+    /// `after` from 10 ms to 10 s. Can be changed by `reconfigure`.
+    ///
+    /// Raising a thread needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that
+    /// allows its inherited nice value (Linux); where the OS refuses, the
+    /// floor is off, which [`Pulse::health`](crate::Pulse::health) shows.
+    /// Nothing is raised with [`IsolationPriority::Inherit`].
+    pub fn isolation_floor(mut self, percent: u8, after: Duration) -> Self {
+        self.overrides.isolation_floor = Some(Some(FloorSettings { percent, after }));
+        self
+    }
+
+    /// Turns the progress floor of isolated work off: isolation threads
+    /// stay at their low priority however long they starve.
+    pub fn without_isolation_floor(mut self) -> Self {
+        self.overrides.isolation_floor = Some(None);
+        self
+    }
+
     /// How many origins (spawn sites and task names, see
     /// [`Origin`](crate::Origin)) whose tasks misbehaved are remembered at
     /// once, so that their new tasks start at the tier they earned.
@@ -557,6 +612,7 @@ impl PulseBuilder {
                 watchdog_threshold: o
                     .watchdog_threshold
                     .unwrap_or(d.interventions.watchdog_threshold),
+                isolation_floor: o.isolation_floor.unwrap_or(d.interventions.isolation_floor),
             },
             origins: o
                 .origin_capacity

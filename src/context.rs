@@ -60,17 +60,17 @@ struct PollWords {
 }
 
 /// What the ticker of the poll's engine noted about the thread's current
-/// poll: when it first saw it running, and the thread's scheduler figures
-/// then (when ticks are coarse, and any poll seen running may turn out
-/// long) or when it saw it again a tick later (when ticks are fine, and
-/// only a poll seen twice can be long enough to be charged). Written by
-/// tickers (one at a time, under `writer`), read by the poll itself when it
-/// ends and by the watchdog, as a seqlock on `seq` (0 while being written).
+/// poll: when it first saw it running, the ticker's stalls so far then, and
+/// the thread's scheduler figures from about then (a reading at most a
+/// slow-poll threshold older; see `engine`). Written by tickers (one at a
+/// time, under `writer`), read by the poll itself when it ends and by the
+/// watchdog, as a seqlock on `seq` (0 while being written).
 #[derive(Debug, Default)]
 pub(crate) struct Sightings {
     writer: std::sync::atomic::AtomicBool,
     seq: std::sync::atomic::AtomicU64,
     first_ns: std::sync::atomic::AtomicU64,
+    first_stalled_ns: std::sync::atomic::AtomicU64,
     /// 0: no figures yet.
     stamp_ns: std::sync::atomic::AtomicU64,
     stamp_cpu_ns: std::sync::atomic::AtomicU64,
@@ -84,7 +84,9 @@ pub(crate) struct Sightings {
 pub(crate) struct Sighting {
     /// When the poll was first seen running.
     pub first_ns: u64,
-    /// When it was seen again, and its thread's scheduler figures then.
+    /// The ticker's stalls so far (see `ticker`), then.
+    pub first_stalled_ns: u64,
+    /// A reading of its thread's scheduler figures, and when it was taken.
     pub stamp: Option<(u64, SchedStat)>,
 }
 
@@ -96,6 +98,7 @@ impl Sightings {
             return None;
         }
         let first_ns = self.first_ns.load(Relaxed);
+        let first_stalled_ns = self.first_stalled_ns.load(Relaxed);
         let stamp_ns = self.stamp_ns.load(Relaxed);
         let stamp = SchedStat {
             cpu_ns: self.stamp_cpu_ns.load(Relaxed),
@@ -104,20 +107,22 @@ impl Sightings {
         fence(Acquire);
         (self.seq.load(Relaxed) == seq).then_some(Sighting {
             first_ns,
+            first_stalled_ns,
             stamp: (stamp_ns != 0).then_some((stamp_ns, stamp)),
         })
     }
 
-    /// Notes that poll `seq` is running at `now_ns`: the first time, when,
-    /// and (if `stamp_first`) the thread's scheduler figures from
-    /// `figures`; the next time, those figures if not taken yet. Returns
+    /// Notes that poll `seq` is running at `now_ns`, with the ticker's
+    /// stalls so far at `stalled_ns`: the first time, when, and a reading
+    /// of the thread's scheduler figures from `figures` (its time and
+    /// figures); if there was none to take then, the next time. Returns
     /// what is noted now.
     pub(crate) fn see(
         &self,
         seq: u64,
         now_ns: u64,
-        stamp_first: bool,
-        figures: impl FnOnce() -> Option<SchedStat>,
+        stalled_ns: u64,
+        figures: impl FnOnce() -> Option<(u64, SchedStat)>,
     ) -> Sighting {
         let known = self.of(seq);
         if let Some(k) = known.filter(|k| k.stamp.is_some()) {
@@ -125,11 +130,10 @@ impl Sightings {
         }
         let mut noted = known.unwrap_or(Sighting {
             first_ns: now_ns,
+            first_stalled_ns: stalled_ns,
             stamp: None,
         });
-        if known.is_some() || stamp_first {
-            noted.stamp = figures().map(|f| (now_ns, f));
-        }
+        noted.stamp = figures();
         self.write(seq, noted);
         noted
     }
@@ -145,6 +149,7 @@ impl Sightings {
         self.seq.store(0, Relaxed);
         fence(Release);
         self.first_ns.store(s.first_ns, Relaxed);
+        self.first_stalled_ns.store(s.first_stalled_ns, Relaxed);
         let (stamp_ns, figures) = s.stamp.unwrap_or_default();
         self.stamp_ns.store(stamp_ns, Relaxed);
         self.stamp_cpu_ns.store(figures.cpu_ns, Relaxed);

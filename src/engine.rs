@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError, Timing};
 use crate::context;
 use crate::fault::{self, catch};
 use crate::hooks::{Hook, HookSlot};
-use crate::isolation::IsolationPool;
+use crate::isolation::{IsolationPool, IsolationPriority};
 use crate::observe::{self, ChangeCause, RateLimiter};
 use crate::origins::{OriginChange, OriginMemory, OriginRef};
 use crate::registry::Registry;
@@ -32,7 +32,7 @@ use crate::sync::lock;
 use crate::task::{TaskInfo, TaskShared};
 use crate::ticker::{Pace, Seen, Ticker};
 use crate::tier::{EscalationPolicy, Tier, TierChange};
-use crate::timing::schedstat::{SchedStat, SchedStatFile, charged};
+use crate::timing::schedstat::{SchedStat, SchedStatFile, charged_so_far};
 use crate::timing::{as_nanos, clock};
 use crate::watchdog;
 
@@ -116,6 +116,14 @@ pub struct Health {
     /// isolated. While it is not running, tasks promoted to `Isolate`
     /// stay on the main workers in the slow lane, as if capped at `Yield`.
     pub isolation_pool: Component,
+    /// The progress floor of isolated work (see
+    /// [`PulseBuilder::isolation_floor`](crate::PulseBuilder::isolation_floor)):
+    /// `Failed` when the OS refused to raise an isolation thread's
+    /// priority (it needs `CAP_SYS_NICE` or `RLIMIT_NICE`), and isolated
+    /// tasks may then starve on a busy host; `Disabled` when turned off or
+    /// with nothing to raise ([`IsolationPriority::Inherit`](crate::IsolationPriority::Inherit));
+    /// `NotStarted` until the pool starts.
+    pub isolation_floor: Component,
 }
 
 /// The state of one background part of a `Pulse`.
@@ -434,12 +442,27 @@ impl Engine {
     }
 
     pub(crate) fn health(&self) -> Health {
+        let config = self.config();
+        let floor_wanted = config.interventions.isolation_floor.is_some()
+            && config.interventions.isolation_priority != IsolationPriority::Inherit;
+        let (isolation_pool, isolation_floor) = match self.pool.get() {
+            None => (Component::NotStarted, Component::NotStarted),
+            Some(Err(e)) => (Component::Failed(e.clone()), Component::Failed(e.clone())),
+            Some(Ok(pool)) => (
+                Component::Running,
+                match pool.floor_refused() {
+                    Some(why) => Component::Failed(why),
+                    None => Component::Running,
+                },
+            ),
+        };
         Health {
             watchdog: lock(&self.watchdog).clone(),
-            isolation_pool: match self.pool.get() {
-                None => Component::NotStarted,
-                Some(Ok(_)) => Component::Running,
-                Some(Err(e)) => Component::Failed(e.clone()),
+            isolation_pool,
+            isolation_floor: if floor_wanted {
+                isolation_floor
+            } else {
+                Component::Disabled
             },
         }
     }
@@ -452,8 +475,14 @@ impl Engine {
     fn tick(&self, now_ns: u64, idle: bool, slots: &mut SlotMemory) -> Seen {
         self.ticker.advance(now_ns, idle);
         let me: *const Ticker = &self.ticker;
-        let threshold = self.config().interventions.watchdog_threshold.map(as_nanos);
-        let fine = self.ticker.is_fine();
+        let config = self.config();
+        let threshold = config.interventions.watchdog_threshold.map(as_nanos);
+        // A reading of a thread's figures this recent stamps a poll seen
+        // for the first time: one read per thread and threshold at most,
+        // however fine the ticks (each read is a system call).
+        let reuse_ns = as_nanos(config.slow_poll_threshold);
+        drop(config);
+        let stalled_ns = self.ticker.stalled_ns();
         let mut seen = Seen::default();
         slots.sweep_start();
         context::for_each_slot(|slot| {
@@ -466,28 +495,47 @@ impl Engine {
                 return;
             };
             seen.activity = true;
-            let noted = slot
-                .sightings()
-                .see(poll.seq, now_ns, !fine, || memory.figures(slot.tid));
+            let noted = slot.sightings().see(poll.seq, now_ns, stalled_ns, || {
+                memory.recent_figures(slot.tid, now_ns, reuse_ns)
+            });
             if noted.first_ns >= now_ns {
                 return;
             }
             let Some(threshold_ns) = threshold else {
                 return;
             };
-            // Charged like a poll that ends now: not for time its thread
-            // waited for a CPU.
+            // Charged like a poll that ends now (not for time its thread
+            // waited for a CPU, nor for time it was blocked while the
+            // process was stalled), and only for its CPU time while its
+            // thread is runnable (see `schedstat::charged_so_far`).
             let mut running_ns = now_ns - noted.first_ns;
             if running_ns >= threshold_ns {
-                if let (Some((stamp_ns, before)), Some(now)) =
-                    (noted.stamp, memory.figures(slot.tid))
+                if let (Some((stamp_ns, before)), Some((_, now))) =
+                    (noted.stamp, memory.recent_figures(slot.tid, now_ns, 0))
                 {
-                    running_ns = charged(running_ns, now_ns - stamp_ns, now.since(before)).run_ns;
+                    let stalled = self.ticker.stalled_since(noted.first_stalled_ns, now_ns);
+                    let window_ns = now_ns.saturating_sub(stamp_ns);
+                    let during = now.since(before);
+                    running_ns = charged_so_far(
+                        running_ns,
+                        window_ns,
+                        during,
+                        stalled,
+                        slot.tid,
+                        threshold_ns,
+                    );
                 }
             }
             watchdog::check(slot, poll, running_ns, threshold_ns, &self.stats);
         });
         slots.sweep_end();
+        // The isolation pool's progress floor, if the pool runs.
+        if let Some(Ok(pool)) = self.pool.get() {
+            let floor = pool.keep_floor(now_ns, self.config().interventions.isolation_floor);
+            self.stats.floor_raised(floor.raised);
+            // Isolated work is about: keep ticking, so the floor is kept.
+            seen.activity |= floor.busy;
+        }
         seen
     }
 }
@@ -513,6 +561,8 @@ struct Remembered {
     seq: u64,
     alive: bool,
     figures: Option<Option<SchedStatFile>>,
+    /// The latest reading of `figures`, and when it was taken.
+    latest: Option<(u64, SchedStat)>,
 }
 
 impl Remembered {
@@ -521,12 +571,22 @@ impl Remembered {
         std::mem::replace(&mut self.seq, seq) != seq
     }
 
-    /// Thread `tid`'s scheduler figures now.
-    fn figures(&mut self, tid: i32) -> Option<SchedStat> {
-        self.figures
+    /// Thread `tid`'s scheduler figures as of `now_ns`, and when they were
+    /// read: the latest reading if it is at most `reuse_ns` old, else a
+    /// new one.
+    fn recent_figures(&mut self, tid: i32, now_ns: u64, reuse_ns: u64) -> Option<(u64, SchedStat)> {
+        if let Some((at, figures)) = self.latest {
+            if now_ns.saturating_sub(at) <= reuse_ns && reuse_ns > 0 {
+                return Some((at, figures));
+            }
+        }
+        let figures = self
+            .figures
             .get_or_insert_with(|| SchedStatFile::thread(tid))
             .as_ref()?
-            .read()
+            .read()?;
+        self.latest = Some((now_ns, figures));
+        self.latest
     }
 }
 
@@ -571,8 +631,12 @@ fn start_ticker(engine: Weak<Engine>) -> std::io::Result<std::thread::Thread> {
                 return;
             };
             let now = clock().now_ns();
-            if idle && slept.elapsed() < period {
+            let slept = slept.elapsed();
+            if idle && slept < period {
                 pace.woken(now);
+            }
+            if let Some(late) = slept.checked_sub(period) {
+                engine.ticker.woke_late(late);
             }
             // A panic here can only come from user code (a `tracing`
             // subscriber in a watchdog report); the ticker carries on.

@@ -60,6 +60,10 @@ pub struct Totals {
     pub slow_lane_running: usize,
     /// Gauge: tasks on the isolation pool now.
     pub isolated_tasks: usize,
+    /// Times the progress floor raised a starved isolation thread back to
+    /// normal priority (see [`PulseBuilder::isolation_floor`](crate::PulseBuilder::isolation_floor)).
+    /// Zero on a host with CPU to spare.
+    pub isolation_floor_raises: u64,
 }
 
 /// The shared counters behind [`Totals`].
@@ -74,6 +78,7 @@ pub(crate) struct PulseStats {
     promotions: PerTier<AtomicU64>,
     demotions: PerTier<AtomicU64>,
     watchdog_reports: AtomicU64,
+    floor_raises: AtomicU64,
     isolated: Arc<AtomicUsize>,
 }
 
@@ -119,6 +124,13 @@ impl PulseStats {
 
     pub(crate) fn watchdog_report(&self) {
         self.watchdog_reports.fetch_add(1, Relaxed);
+    }
+
+    /// The progress floor raised `n` isolation threads.
+    pub(crate) fn floor_raised(&self, n: u32) {
+        if n > 0 {
+            self.floor_raises.fetch_add(u64::from(n), Relaxed);
+        }
     }
 
     pub(crate) fn task_spawned(&self) {
@@ -179,6 +191,7 @@ impl PulseStats {
             promotions: PerTier::from_fn(|tier| load(&self.promotions[tier])),
             demotions: PerTier::from_fn(|tier| load(&self.demotions[tier])),
             watchdog_reports: load(&self.watchdog_reports),
+            isolation_floor_raises: load(&self.floor_raises),
             isolated_tasks: self.isolated.load(Relaxed),
             ..Totals::default()
         };

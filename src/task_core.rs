@@ -693,14 +693,20 @@ impl<F: Future> TaskCore<F> {
             let wall_ns = end.saturating_sub(start_ns);
             (wall_ns, wall_ns)
         } else {
-            // The poll was running at the first tick after it started (or
-            // when the ticker first saw it, for a poll longer than the
-            // ring): it ran at least from then.
-            let running_since = ticker
+            // The poll was running at the first tick after it started: it
+            // ran at least from then. The ticker saw it then (nearly
+            // always; else a tick later): a published poll it never saw was
+            // shorter than a period, unless the ticker could not run (see
+            // `ticker`'s stalls), and is charged no more. (A nested poll is
+            // not published: the outer one is.)
+            let since_tick = ticker
                 .time_of(start_tick.count() + 1, end_tick)
-                .or(sighting.map(|s| s.first_ns))
-                .unwrap_or(end);
-            let wall_ns = end.saturating_sub(running_since);
+                .map_or(0, |since| end.saturating_sub(since));
+            let wall_ns = match (published, sighting) {
+                (_, Some(s)) => end.saturating_sub(s.first_ns),
+                (Some(_), None) => since_tick.min(ticker.period_ns()),
+                (None, None) => since_tick,
+            };
             // Each tick a poll spans charges it the tick's period: the
             // expected charge of a poll of random phase is its length.
             let spanned = match (
@@ -713,17 +719,18 @@ impl<F: Future> TaskCore<F> {
             (wall_ns, spanned)
         };
         // A long poll is charged only the time its thread could run: not
-        // the time the OS gave the CPU to others (see `schedstat`).
-        let (poll_ns, cpu_ns) = match (published, sighting.and_then(|s| s.stamp)) {
-            (Some((slot, _)), Some((stamp_ns, before)))
-                if wall_ns >= policy.limits.charge_floor_ns =>
-            {
-                match slot.own_figures() {
-                    Some(now) => {
-                        let c = charged(wall_ns, end.saturating_sub(stamp_ns), now.since(before));
+        // the time the OS gave the CPU to others, nor time blocked while
+        // the process was stalled (see `schedstat::charged`).
+        let (poll_ns, cpu_ns) = match (published, sighting) {
+            (Some((slot, _)), Some(s)) if wall_ns >= policy.limits.charge_floor_ns => {
+                match (s.stamp, slot.own_figures()) {
+                    (Some((stamp_ns, before)), Some(now)) => {
+                        let window_ns = end.saturating_sub(stamp_ns);
+                        let stalled = ticker.stalled_since(s.first_stalled_ns, end);
+                        let c = charged(wall_ns, window_ns, now.since(before), stalled);
                         (c.run_ns, c.cpu_ns)
                     }
-                    None => (wall_ns, None),
+                    _ => (wall_ns, None),
                 }
             }
             _ => (wall_ns, None),

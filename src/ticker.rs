@@ -35,6 +35,16 @@
 //!
 //! A tick also runs the watchdog's scan (see `watchdog`), which reads the
 //! thread slots the polls publish in (see `context`).
+//!
+//! # Stalls
+//!
+//! The ticker also notes how late it wakes: a wake-up more than
+//! [`STALL_SLACK`] past its period means the ticker could not run, and as
+//! it shares the process's CPU quota and host with the workers, neither
+//! could they, most likely: a quota throttled the cgroup, the VM was
+//! paused. The total is what a poll that was *blocked* meanwhile is not
+//! charged for (see `schedstat::charged`): a worker blocked then is most
+//! likely waiting for a lock held by a thread the stall stopped.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -62,6 +72,11 @@ const FINE_HOLD: Duration = Duration::from_millis(250);
 /// Ticks with no managed poll before the ticker starts backing off.
 const IDLE_TICKS: u32 = 8;
 
+/// How late past its period the ticker may wake and still count as on
+/// time: timer slack and an ordinary wake-up on a loaded host are well
+/// under it, a quota throttle (tens of milliseconds) well over.
+pub(crate) const STALL_SLACK: Duration = Duration::from_millis(1);
+
 /// The tick count and the time of recent ticks.
 #[derive(Debug)]
 pub(crate) struct Ticker {
@@ -87,6 +102,11 @@ struct Hot {
     slow_poll_ns: AtomicU64,
     /// The pace is fine: ticks come a quarter threshold apart.
     fine: AtomicBool,
+    /// The period the ticker sleeps now.
+    period_ns: AtomicU64,
+    /// How long the ticker has been stalled so far, in total: the time it
+    /// woke late, past its period and [`STALL_SLACK`].
+    stalled_ns: AtomicU64,
 }
 
 /// A reading of the tick word.
@@ -121,6 +141,8 @@ impl Ticker {
                 latest_ns: AtomicU64::new(now_ns),
                 slow_poll_ns: AtomicU64::new(u64::MAX),
                 fine: AtomicBool::new(false),
+                period_ns: AtomicU64::new(0),
+                stalled_ns: AtomicU64::new(0),
             }),
             ring: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(now_ns))),
             wants_fine: CachePadded::new(AtomicBool::new(false)),
@@ -192,6 +214,41 @@ impl Ticker {
         }
     }
 
+    /// The ticker woke `late` past its period: counts what is past
+    /// [`STALL_SLACK`] as stalled.
+    pub(crate) fn woke_late(&self, late: Duration) {
+        if let Some(stall) = late.checked_sub(STALL_SLACK) {
+            let ns = u64::try_from(stall.as_nanos()).unwrap_or(u64::MAX);
+            self.hot.stalled_ns.fetch_add(ns, Relaxed);
+        }
+    }
+
+    /// The ticker's stalls so far, in total (see the module's docs).
+    #[inline]
+    pub(crate) fn stalled_ns(&self) -> u64 {
+        self.hot.stalled_ns.load(Relaxed)
+    }
+
+    /// How long the ticker has been stalled since its total was `earlier`,
+    /// as of `now_ns`: including a stall going on now (no tick for longer
+    /// than the period and the slack).
+    pub(crate) fn stalled_since(&self, earlier: u64, now_ns: u64) -> u64 {
+        let due = self
+            .latest_ns()
+            .saturating_add(self.period_ns())
+            .saturating_add(STALL_SLACK.as_nanos() as u64);
+        let ongoing = now_ns.saturating_sub(due);
+        self.stalled_ns()
+            .saturating_sub(earlier)
+            .saturating_add(ongoing)
+    }
+
+    /// The period the ticker sleeps now.
+    #[inline]
+    pub(crate) fn period_ns(&self) -> u64 {
+        self.hot.period_ns.load(Relaxed)
+    }
+
     /// Sets the slow-poll threshold `checkpoint` divides into slices.
     pub(crate) fn set_slow_poll(&self, slow_poll: Duration) {
         let ns = u64::try_from(slow_poll.as_nanos()).unwrap_or(u64::MAX);
@@ -218,11 +275,6 @@ impl Ticker {
             Some(started_before) => self.latest_ns().saturating_sub(started_before) >= slice,
             None => true,
         }
-    }
-
-    /// Whether ticks are fine now.
-    pub(crate) fn is_fine(&self) -> bool {
-        self.hot.fine.load(Relaxed)
     }
 
     /// Records the ticker thread, so that polls can wake it.
@@ -269,6 +321,19 @@ impl Pace {
     /// Takes in what the tick at `now_ns` saw; returns the period to sleep
     /// and whether the ticker is now idle.
     pub(crate) fn next(
+        &mut self,
+        ticker: &Ticker,
+        seen: Seen,
+        now_ns: u64,
+        slow_poll: Duration,
+    ) -> (Duration, bool) {
+        let (period, idle) = self.choose(ticker, seen, now_ns, slow_poll);
+        let ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        ticker.hot.period_ns.store(ns, Relaxed);
+        (period, idle)
+    }
+
+    fn choose(
         &mut self,
         ticker: &Ticker,
         seen: Seen,
@@ -343,6 +408,27 @@ mod tests {
         // A second poll with the same stale reading finds nothing to do.
         t.wake(seen);
         assert_eq!(t.read().count(), seen.count());
+    }
+
+    #[test]
+    fn late_wake_ups_count_as_stalls_past_the_slack_and_an_overdue_tick_counts_now() {
+        let t = Ticker::new(0);
+        let slow = Duration::from_millis(1);
+        let mut pace = Pace::new();
+        // Coarse: a 4 ms period.
+        let (period, _) = pace.next(&t, Seen { activity: true }, 0, slow);
+        assert_eq!(t.period_ns(), period.as_nanos() as u64);
+        t.woke_late(STALL_SLACK / 2);
+        assert_eq!(t.stalled_ns(), 0, "within the slack");
+        let before = t.stalled_ns();
+        t.woke_late(STALL_SLACK + Duration::from_millis(30));
+        t.advance(40 * MS, false);
+        assert_eq!(t.stalled_since(before, 40 * MS), 30 * MS);
+        // No tick for 50 ms past the last one: 50 ms less a period and the
+        // slack are a stall going on now.
+        let now = 90 * MS;
+        let ongoing = now - 40 * MS - t.period_ns() - STALL_SLACK.as_nanos() as u64;
+        assert_eq!(t.stalled_since(before, now), 30 * MS + ongoing);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::snapshot::StuckPoll;
 use crate::stats::PulseStats;
 use crate::ticker::Ticker;
 use crate::tier::Tier;
+use crate::timing::schedstat::{SchedStatFile, charged_so_far};
 use crate::timing::{as_nanos, clock};
 
 /// Reports `poll` (on `slot`'s thread, running at least `running_ns`) if
@@ -80,9 +81,22 @@ pub(crate) fn stuck_polls(ticker: &Ticker, min: Duration) -> Vec<StuckPoll> {
         let Some(seen) = slot.sightings().of(poll.seq) else {
             return;
         };
-        let running_ns = now.saturating_sub(seen.first_ns);
+        let mut running_ns = now.saturating_sub(seen.first_ns);
         if running_ns < min_ns {
             return;
+        }
+        // Charged as the watchdog charges it (see `Engine::tick`).
+        if let (Some((stamp_ns, before)), Some(figures)) = (
+            seen.stamp,
+            SchedStatFile::thread(slot.tid).and_then(|f| f.read()),
+        ) {
+            let stalled = ticker.stalled_since(seen.first_stalled_ns, now);
+            let window_ns = now.saturating_sub(stamp_ns);
+            let during = figures.since(before);
+            running_ns = charged_so_far(running_ns, window_ns, during, stalled, slot.tid, min_ns);
+            if running_ns < min_ns {
+                return;
+            }
         }
         let task = context::inspect(slot, poll, |t| (t.id, t.name.clone(), t.location));
         if let Some((task, name, location)) = task {

@@ -8,16 +8,20 @@
 //! task keep working against that runtime. The task's wrapper stays behind
 //! in the runtime and waits: its `JoinHandle` gets the output or the panic,
 //! and aborting it (or shutting the runtime down) cancels the job. A
-//! demoted task moves back.
+//! demoted task moves back. On a busy host, a pool thread starved of
+//! CPU is raised to normal priority for a while (the progress floor, see
+//! [`floor`]).
 //!
 //! This module knows nothing of the engine: it moves anything [`Isolated`].
 
+mod floor;
 mod handoff;
 mod pool;
 mod priority;
 
 use std::sync::Arc;
 
+pub(crate) use floor::FloorSettings;
 pub(crate) use handoff::{Handoff, Isolated, Outcome, PoolPoll};
 pub(crate) use pool::IsolationPool;
 pub use priority::IsolationPriority;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Wake, Waker};
 
+use super::floor::{Floor, FloorCheck, FloorSettings, PoolThread};
 use super::handoff::{JobState, PoolJob};
 use super::priority::{self, IsolationPriority};
 use crate::fault::{catch, drop_quietly, spawn_thread};
@@ -31,6 +32,9 @@ struct PoolShared {
     queue: Mutex<VecDeque<Arc<PoolTask>>>,
     available: Condvar,
     shutdown: AtomicBool,
+    /// One per thread the pool meant to start.
+    threads: Box<[PoolThread]>,
+    floor: Floor,
 }
 
 impl std::fmt::Debug for PoolShared {
@@ -66,13 +70,16 @@ impl IsolationPool {
     /// Starts `threads` threads at `priority`. Fails only if not a single
     /// thread could be spawned.
     pub(crate) fn start(threads: usize, priority: IsolationPriority) -> io::Result<Self> {
-        let shared = Arc::new(PoolShared::default());
+        let shared = Arc::new(PoolShared {
+            threads: (0..threads).map(|_| PoolThread::default()).collect(),
+            ..PoolShared::default()
+        });
         let mut started = 0;
         let mut last_error = None;
         for i in 0..threads {
             let shared = Arc::clone(&shared);
             let spawned = spawn_thread(format!("{THREAD_NAME_PREFIX}{i}"), move || {
-                run(&shared, priority)
+                run(&shared, &shared.threads[i], priority)
             });
             match spawned {
                 Ok(_) => started += 1,
@@ -107,6 +114,21 @@ impl IsolationPool {
     }
 }
 
+impl IsolationPool {
+    /// Keeps the progress floor at `now_ns` (see `floor`): called by the
+    /// engine's ticker at each tick, it checks the threads once a check
+    /// period.
+    pub(crate) fn keep_floor(&self, now_ns: u64, settings: Option<FloorSettings>) -> FloorCheck {
+        let shared = &self.shared;
+        shared.floor.check(&shared.threads, now_ns, settings)
+    }
+
+    /// Why the progress floor is off, if the OS refused to raise a thread.
+    pub(crate) fn floor_refused(&self) -> Option<String> {
+        self.shared.floor.refused().map(str::to_owned)
+    }
+}
+
 impl Drop for IsolationPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, SeqCst);
@@ -114,11 +136,23 @@ impl Drop for IsolationPool {
     }
 }
 
-fn run(pool: &PoolShared, priority: IsolationPriority) {
-    if let Err(e) = priority::apply(priority) {
-        tracing::warn!(?priority, error = %e, "tokio-pulse: could not lower the isolation thread's priority; it runs at normal priority");
+fn run(pool: &PoolShared, me: &PoolThread, priority: IsolationPriority) {
+    match priority::apply(priority) {
+        Ok(lowered) => {
+            // Can the floor raise this thread again? Try it now, while it
+            // has no work: a refusal turns the floor off (and is said).
+            if let Err(e) = lowered.raise() {
+                pool.floor.refuse(&e);
+            } else if let Err(e) = lowered.lower() {
+                tracing::warn!(?priority, error = %e, "tokio-pulse: could not lower the isolation thread's priority again; it runs at normal priority");
+            }
+            me.started(lowered);
+        }
+        Err(e) => {
+            tracing::warn!(?priority, error = %e, "tokio-pulse: could not lower the isolation thread's priority; it runs at normal priority");
+        }
     }
-    while let Some(task) = next(pool) {
+    while let Some(task) = next(pool, me) {
         task.scheduled.store(false, SeqCst);
         let waker = Waker::from(Arc::clone(&task));
         let mut cx = Context::from_waker(&waker);
@@ -143,16 +177,19 @@ fn run(pool: &PoolShared, priority: IsolationPriority) {
     }
 }
 
-/// The next task to run, or `None` once the pool shuts down.
-fn next(pool: &PoolShared) -> Option<Arc<PoolTask>> {
+/// The next task for thread `me` to run, or `None` once the pool shuts
+/// down.
+fn next(pool: &PoolShared, me: &PoolThread) -> Option<Arc<PoolTask>> {
     let mut queue = lock(&pool.queue);
     loop {
         if pool.shutdown.load(SeqCst) {
             return None;
         }
         if let Some(task) = queue.pop_front() {
+            me.working();
             return Some(task);
         }
+        me.waiting();
         queue = wait(&pool.available, queue);
     }
 }

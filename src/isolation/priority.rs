@@ -23,34 +23,115 @@ pub enum IsolationPriority {
     Inherit,
 }
 
-/// Applies `priority` to the calling thread.
+/// What a pool thread's priority was lowered to, and what it had before:
+/// what the progress floor raises it back to, and lowers it to again (see
+/// `floor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lowered {
+    /// The thread's kernel id.
+    pub tid: i32,
+    /// The nice value it inherited, at normal scheduling (`SCHED_OTHER`).
+    pub normal_nice: i32,
+    /// What it runs at now.
+    pub to: Applied,
+}
+
+/// The priority a pool thread runs at when not raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// `SCHED_IDLE`.
+    Idle,
+    /// `SCHED_OTHER` at this nice value.
+    Nice(i32),
+    /// As inherited: nothing to raise.
+    Inherited,
+}
+
+/// Applies `priority` to the calling thread and says what it did.
 #[cfg(target_os = "linux")]
-pub(crate) fn apply(priority: IsolationPriority) -> io::Result<()> {
-    match priority {
-        IsolationPriority::Inherit => Ok(()),
-        IsolationPriority::Nice(n) => set_nice(n),
-        IsolationPriority::Idle => {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: pid 0 names the calling thread; `param` is a valid
-            // sched_param that outlives the call.
-            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                let err = io::Error::last_os_error();
-                set_nice(19).map_err(|_| err)
-            }
+pub(crate) fn apply(priority: IsolationPriority) -> io::Result<Lowered> {
+    let tid = crate::timing::schedstat::current_tid();
+    // SAFETY: getpriority has no memory preconditions. (It may return -1
+    // as a nice value; errno is not checked since this thread exists.)
+    let normal_nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    let to = match priority {
+        IsolationPriority::Inherit => Applied::Inherited,
+        IsolationPriority::Nice(n) => {
+            set_nice(tid, i32::from(n))?;
+            Applied::Nice(i32::from(n))
         }
+        IsolationPriority::Idle => match set_policy(tid, libc::SCHED_IDLE) {
+            Ok(()) => Applied::Idle,
+            Err(err) => {
+                set_nice(tid, 19).map_err(|_| err)?;
+                Applied::Nice(19)
+            }
+        },
+    };
+    Ok(Lowered {
+        tid,
+        normal_nice,
+        to,
+    })
+}
+
+impl Lowered {
+    /// Raises the thread back to normal priority: `SCHED_OTHER` at the nice
+    /// value it inherited. Going back up needs `CAP_SYS_NICE` or a
+    /// `RLIMIT_NICE` that allows that nice value (Linux refuses otherwise,
+    /// with `EPERM`).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn raise(&self) -> io::Result<()> {
+        match self.to {
+            Applied::Inherited => Ok(()),
+            Applied::Nice(_) => set_nice(self.tid, self.normal_nice),
+            Applied::Idle => set_policy(self.tid, libc::SCHED_OTHER),
+        }
+    }
+
+    /// Lowers the thread again, to what it was lowered to at its start.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn lower(&self) -> io::Result<()> {
+        match self.to {
+            Applied::Inherited => Ok(()),
+            Applied::Nice(n) => set_nice(self.tid, n),
+            Applied::Idle => set_policy(self.tid, libc::SCHED_IDLE),
+        }
+    }
+
+    /// Off Linux nothing was lowered: nothing to raise.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn raise(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Off Linux nothing was lowered.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn lower(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sets thread `tid`'s scheduling policy (with priority 0: `SCHED_OTHER`,
+/// `SCHED_BATCH` and `SCHED_IDLE` take no other); its nice value is kept.
+#[cfg(target_os = "linux")]
+fn set_policy(tid: i32, policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `tid` names a thread of this process (or the call fails
+    // with ESRCH); `param` is a valid sched_param that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
 #[cfg(target_os = "linux")]
-fn set_nice(n: i8) -> io::Result<()> {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
+fn set_nice(tid: i32, n: i32) -> io::Result<()> {
     // SAFETY: on Linux, PRIO_PROCESS with a thread id sets that thread's
     // nice value only; no pointers are involved.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, i32::from(n)) };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, n) };
     if rc == 0 {
         Ok(())
     } else {
@@ -61,8 +142,12 @@ fn set_nice(n: i8) -> io::Result<()> {
 /// Applies `priority` to the calling thread: a no-op off Linux, where a
 /// per-thread priority cannot be set portably.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn apply(_priority: IsolationPriority) -> io::Result<()> {
-    Ok(())
+pub(crate) fn apply(_priority: IsolationPriority) -> io::Result<Lowered> {
+    Ok(Lowered {
+        tid: 0,
+        normal_nice: 0,
+        to: Applied::Inherited,
+    })
 }
 
 /// The calling thread's scheduling policy is `SCHED_IDLE` (tests use this).
@@ -88,7 +173,8 @@ mod tests {
     fn nice_priority_applies_to_the_calling_thread_only() {
         let outer = current_nice();
         std::thread::spawn(|| {
-            apply(IsolationPriority::Nice(19)).unwrap();
+            let lowered = apply(IsolationPriority::Nice(19)).unwrap();
+            assert_eq!(lowered.to, Applied::Nice(19));
             assert_eq!(current_nice(), 19);
         })
         .join()
@@ -99,11 +185,48 @@ mod tests {
     #[test]
     fn idle_priority_applies_to_the_calling_thread_only() {
         std::thread::spawn(|| {
-            apply(IsolationPriority::Idle).unwrap();
+            assert_eq!(apply(IsolationPriority::Idle).unwrap().to, Applied::Idle);
             assert!(current_is_idle());
         })
         .join()
         .unwrap();
         assert!(!current_is_idle());
+    }
+
+    /// Raising and lowering are done by another thread (the ticker) to a
+    /// pool thread; raising back from `SCHED_IDLE` needs privileges, so
+    /// where they are missing the refusal is what is checked.
+    #[test]
+    fn another_thread_raises_a_lowered_thread_to_normal_and_lowers_it_again() {
+        let (lowered_tx, lowered_rx) = std::sync::mpsc::channel();
+        let (ask_tx, ask_rx) = std::sync::mpsc::channel::<()>();
+        let (idle_tx, idle_rx) = std::sync::mpsc::channel();
+        let pool_thread = std::thread::spawn(move || {
+            lowered_tx
+                .send(apply(IsolationPriority::Idle).unwrap())
+                .unwrap();
+            while ask_rx.recv().is_ok() {
+                idle_tx.send(current_is_idle()).unwrap();
+            }
+        });
+        let lowered = lowered_rx.recv().unwrap();
+        let is_idle = || {
+            ask_tx.send(()).unwrap();
+            idle_rx.recv().unwrap()
+        };
+        assert!(is_idle());
+        match lowered.raise() {
+            Ok(()) => {
+                assert!(!is_idle(), "raised, still SCHED_IDLE");
+                lowered.lower().unwrap();
+                assert!(is_idle(), "lowered, not SCHED_IDLE");
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+                assert!(is_idle());
+            }
+        }
+        drop(ask_tx);
+        pool_thread.join().unwrap();
     }
 }

@@ -43,11 +43,20 @@ impl SchedStat {
 
 /// What a poll is charged, out of `poll_ns` it lasted, given what the
 /// scheduler counted for its thread over the last `window_ns` of it
-/// (`during`): the share of the window the thread spent waiting for a CPU
-/// is taken off the whole poll, and the CPU time is scaled up to it. The
-/// poll's start, before the window, is assumed to have gone like the
-/// window.
-pub(crate) fn charged(poll_ns: u64, window_ns: u64, during: SchedStat) -> Charged {
+/// (`during`), and how long the process was stalled meanwhile
+/// (`stalled_ns`, see `ticker`).
+///
+/// The share of the window the thread spent waiting for a CPU is taken off
+/// the whole poll, and the CPU time is scaled up to it. The poll's start,
+/// before the window, is assumed to have gone like the window. Of the rest,
+/// time the thread was *blocked* (neither running nor waiting for a CPU:
+/// in a system call, or waiting for a lock) is charged, as blocking holds
+/// the worker as surely as computing does; except while the process was
+/// stalled, up to the stall: a worker blocked then is most likely waiting
+/// for a lock held by a thread the stall stopped (Tokio's timer wheel lock
+/// is one every `sleep` takes), which a quota throttling the cgroup makes
+/// wait out the throttle.
+pub(crate) fn charged(poll_ns: u64, window_ns: u64, during: SchedStat, stalled_ns: u64) -> Charged {
     if window_ns == 0 {
         return Charged {
             run_ns: poll_ns,
@@ -58,10 +67,53 @@ pub(crate) fn charged(poll_ns: u64, window_ns: u64, during: SchedStat) -> Charge
         let scaled = u128::from(part.min(window_ns)) * u128::from(poll_ns) / u128::from(window_ns);
         u64::try_from(scaled).unwrap_or(poll_ns)
     };
+    let (waited, cpu) = (share(during.delay_ns), share(during.cpu_ns));
+    let could_run = poll_ns - waited;
+    let blocked = could_run.saturating_sub(cpu);
     Charged {
-        run_ns: poll_ns - share(during.delay_ns),
-        cpu_ns: Some(share(during.cpu_ns)),
+        run_ns: could_run - blocked.min(stalled_ns),
+        cpu_ns: Some(cpu),
     }
+}
+
+/// What a poll still running on thread `tid` is charged so far, out of
+/// `running_ns`: as [`charged`], except that while its thread is runnable
+/// (running, or waiting for a CPU), only its CPU time is. The scheduler
+/// counts a wait for a CPU when the wait ends, so a thread waiting now (a
+/// pool thread at `SCHED_IDLE` behind busy processes, a thread a quota
+/// throttles while the ticker runs on a CPU it has not throttled yet) would
+/// otherwise be charged for the wait so far. Reads the thread's state only
+/// when that decides anything.
+pub(crate) fn charged_so_far(
+    running_ns: u64,
+    window_ns: u64,
+    during: SchedStat,
+    stalled_ns: u64,
+    tid: i32,
+    threshold_ns: u64,
+) -> u64 {
+    let c = charged(running_ns, window_ns, during, stalled_ns);
+    match c.cpu_ns {
+        Some(cpu) if c.run_ns >= threshold_ns && runnable(tid) == Some(true) => cpu,
+        _ => c.run_ns,
+    }
+}
+
+/// Whether thread `tid` of this process is runnable now (state `R` in
+/// `/proc/self/task/TID/stat`); `None` if that cannot be read.
+#[cfg(target_os = "linux")]
+pub(crate) fn runnable(tid: i32) -> Option<bool> {
+    let stat = std::fs::read(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may
+    // hold any byte, so it is found from the last ')'.
+    let after_name = stat.get(stat.iter().rposition(|&b| b == b')')? + 1..)?;
+    let state = after_name.iter().find(|b| !b.is_ascii_whitespace())?;
+    Some(*state == b'R')
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn runnable(_tid: i32) -> Option<bool> {
+    None
 }
 
 /// See [`charged`].
@@ -185,19 +237,17 @@ mod charge_tests {
                 cpu_ns: 2 * MS,
                 delay_ns: 6 * MS,
             },
+            0,
         );
         assert_eq!(c.run_ns, 10 * MS - 7_500_000);
         assert_eq!(c.cpu_ns, Some(2_500_000));
-        // A poll that ran throughout is charged in full.
-        let hog = charged(
-            10 * MS,
-            8 * MS,
-            SchedStat {
-                cpu_ns: 8 * MS,
-                delay_ns: 0,
-            },
-        );
-        assert_eq!(hog.run_ns, 10 * MS);
+        // A poll that ran throughout is charged in full, stall or not.
+        let hog = SchedStat {
+            cpu_ns: 8 * MS,
+            delay_ns: 0,
+        };
+        assert_eq!(charged(10 * MS, 8 * MS, hog, 0).run_ns, 10 * MS);
+        assert_eq!(charged(10 * MS, 8 * MS, hog, 5 * MS).run_ns, 10 * MS);
         // Figures larger than the window (clock skew) are capped.
         let odd = charged(
             10 * MS,
@@ -206,9 +256,24 @@ mod charge_tests {
                 cpu_ns: 0,
                 delay_ns: 5 * MS,
             },
+            0,
         );
         assert_eq!(odd.run_ns, 0);
-        assert_eq!(charged(5, 0, SchedStat::default()).run_ns, 5);
+        assert_eq!(charged(5, 0, SchedStat::default(), 0).run_ns, 5);
+    }
+
+    #[test]
+    fn blocked_time_is_charged_except_while_the_process_was_stalled() {
+        // 10 ms poll, all of it known: 1 ms on a CPU, 9 ms blocked.
+        let blocked = SchedStat {
+            cpu_ns: MS,
+            delay_ns: 0,
+        };
+        assert_eq!(charged(10 * MS, 10 * MS, blocked, 0).run_ns, 10 * MS);
+        // 6 ms of it the process was stalled: not charged.
+        assert_eq!(charged(10 * MS, 10 * MS, blocked, 6 * MS).run_ns, 4 * MS);
+        // A stall longer than the blocked time leaves the CPU time.
+        assert_eq!(charged(10 * MS, 10 * MS, blocked, 60 * MS).run_ns, MS);
     }
 }
 
@@ -234,5 +299,26 @@ mod tests {
         let after = by_tid.read().unwrap().since(before);
         assert!(after.cpu_ns >= 10_000_000, "{after:?}");
         assert!(SchedStatFile::thread(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_running_thread_is_runnable_and_a_blocked_one_is_not() {
+        assert_eq!(runnable(current_tid()), Some(true));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let blocked = std::thread::spawn(move || {
+            tid_tx.send(current_tid()).unwrap();
+            let _ = done_rx.recv(); // blocks until told
+        });
+        let tid = tid_rx.recv().unwrap();
+        // It blocks in `recv` a moment after sending its id.
+        let t = Instant::now();
+        while runnable(tid) != Some(false) {
+            assert!(t.elapsed() < Duration::from_secs(20), "never blocked");
+            std::thread::yield_now();
+        }
+        done_tx.send(()).unwrap();
+        blocked.join().unwrap();
+        assert_eq!(runnable(i32::MAX), None);
     }
 }
