@@ -310,6 +310,22 @@ fn values_at_and_past_every_bound_are_rejected_naming_their_setter() {
                 .without_origin_memory()
                 .origin_clean_tasks(0),
         ),
+        (
+            "isolation_floor",
+            Pulse::builder().isolation_floor(0, ms(50)),
+        ),
+        (
+            "isolation_floor",
+            Pulse::builder().isolation_floor(51, ms(50)),
+        ),
+        (
+            "isolation_floor",
+            Pulse::builder().isolation_floor(25, ms(10) - Duration::from_nanos(1)),
+        ),
+        (
+            "isolation_floor",
+            Pulse::builder().isolation_floor(25, Duration::from_secs(10) + Duration::from_nanos(1)),
+        ),
     ];
     for (field, builder) in cases {
         let (err, msg) = rejected(builder);
@@ -330,8 +346,41 @@ fn values_at_and_past_every_bound_are_rejected_naming_their_setter() {
         .isolation_priority(IsolationPriority::Nice(-20))
         .origin_memory_capacity(65_536)
         .origin_clean_tasks(u32::MAX)
+        .isolation_floor(50, Duration::from_secs(10))
         .build()
         .unwrap();
+    Pulse::builder().isolation_floor(1, ms(10)).build().unwrap();
+}
+
+#[test]
+fn an_isolation_floor_out_of_range_is_refused_with_its_rule() {
+    let (err, msg) = rejected(Pulse::builder().isolation_floor(80, Duration::from_millis(50)));
+    assert_eq!(
+        err,
+        ConfigError::OutOfRange {
+            field: "isolation_floor",
+            value: "80 %".into(),
+            rule: "a share from 1 to 50 %",
+        }
+    );
+    assert_eq!(
+        msg,
+        "`isolation_floor` is 80 %, but it must be a share from 1 to 50 %"
+    );
+    let (_, msg) = rejected(Pulse::builder().isolation_floor(25, Duration::from_millis(1)));
+    assert!(
+        msg.contains("is 1ms, but it must be a time from 10ms to 10s"),
+        "{msg}"
+    );
+    // Reloadable, and can be turned off and on again.
+    let pulse = Pulse::new();
+    pulse
+        .reconfigure(Pulse::builder().isolation_floor(10, Duration::from_millis(200)))
+        .unwrap();
+    pulse
+        .reconfigure(Pulse::builder().without_isolation_floor())
+        .unwrap();
+    pulse.reconfigure(Pulse::builder()).unwrap();
 }
 
 #[test]
@@ -434,6 +483,8 @@ enum Set {
     OriginMemoryCapacity(usize),
     OriginCleanTasks(u32),
     WithoutOriginMemory,
+    IsolationFloor(u8, Duration),
+    WithoutIsolationFloor,
 }
 
 impl Set {
@@ -455,6 +506,8 @@ impl Set {
             Set::OriginMemoryCapacity(n) => b.origin_memory_capacity(n),
             Set::OriginCleanTasks(n) => b.origin_clean_tasks(n),
             Set::WithoutOriginMemory => b.without_origin_memory(),
+            Set::IsolationFloor(p, d) => b.isolation_floor(p, d),
+            Set::WithoutIsolationFloor => b.without_isolation_floor(),
         }
     }
 
@@ -477,11 +530,13 @@ impl Set {
             Set::OriginMemoryCapacity(_) => "origin_memory_capacity",
             Set::OriginCleanTasks(_) => "origin_clean_tasks",
             Set::WithoutOriginMemory => "without_origin_memory",
+            Set::IsolationFloor(..) => "isolation_floor",
+            Set::WithoutIsolationFloor => "without_isolation_floor",
         }
     }
 }
 
-const SETTERS: [&str; 16] = [
+const SETTERS: [&str; 18] = [
     "profile",
     "slow_poll_threshold",
     "cpu_budget",
@@ -498,6 +553,8 @@ const SETTERS: [&str; 16] = [
     "origin_memory_capacity",
     "origin_clean_tasks",
     "without_origin_memory",
+    "isolation_floor",
+    "without_isolation_floor",
 ];
 
 /// Durations around every bound the rules use, and the extremes.
@@ -555,6 +612,8 @@ fn set() -> impl Strategy<Value = Set> {
         prop_oneof![size(), 65_530usize..65_540].prop_map(Set::OriginMemoryCapacity),
         count().prop_map(Set::OriginCleanTasks),
         Just(Set::WithoutOriginMemory),
+        (any::<u8>(), duration()).prop_map(|(p, d)| Set::IsolationFloor(p, d)),
+        Just(Set::WithoutIsolationFloor),
     ]
 }
 
