@@ -78,6 +78,11 @@ async fn scraped_series_show_a_hog_and_keep_moving() {
             .get("tokio_pulse_slow_lane_queue_depth", &[MANAGED])
             .is_some()
     );
+    assert!(
+        first
+            .get("tokio_pulse_isolation_floor_raises_total", &[MANAGED])
+            .is_some()
+    );
     wait_for(&mut changes, Duration::from_secs(5), "hog", |c| {
         c.to == Tier::Isolate
     })

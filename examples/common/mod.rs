@@ -90,3 +90,75 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
         (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
 }
+
+/// The calling thread's CPU time (wall time where the platform cannot
+/// tell).
+pub fn thread_cpu() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::sync::OnceLock;
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
+    }
+}
+
+/// Burns `d` of CPU time on the calling thread, without yielding: a hog's
+/// poll that does the same work however busy the machine is (a spin timed
+/// by the wall clock would count time the OS ran something else).
+pub fn spin_cpu(d: Duration) {
+    let start = thread_cpu();
+    while thread_cpu() - start < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// One busy process per core (`sh -c 'while :; do :; done'`, each under
+/// `timeout 60` as a safety net), ended by PID when dropped: a busy host.
+pub struct BusyProcesses(Vec<std::process::Child>);
+
+impl BusyProcesses {
+    /// Starts them.
+    pub fn one_per_core() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let children = (0..cores)
+            .map(|_| {
+                std::process::Command::new("timeout")
+                    .args(["60", "sh", "-c", "while :; do :; done"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a busy process (needs `timeout` and `sh`)")
+            })
+            .collect();
+        BusyProcesses(children)
+    }
+}
+
+impl Drop for BusyProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                #[cfg(unix)]
+                if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                    // SAFETY: no memory is passed; `pid` is our own child,
+                    // not reaped yet, so the PID is still its. `timeout`
+                    // passes SIGTERM on to the loop it runs.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                #[cfg(not(unix))]
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}

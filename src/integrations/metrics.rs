@@ -33,6 +33,7 @@ const POLL_SUM: &str = "tokio_pulse_poll_duration_seconds_sum";
 const WATCHDOG_REPORTS: &str = "tokio_pulse_watchdog_reports_total";
 const SLOW_LANE_WAITING: &str = "tokio_pulse_slow_lane_queue_depth";
 const ISOLATED: &str = "tokio_pulse_isolated_tasks";
+const FLOOR_RAISES: &str = "tokio_pulse_isolation_floor_raises_total";
 const ORIGINS: &str = "tokio_pulse_origins";
 
 /// Publishes what a [`Pulse`] measures as `metrics` counters and gauges.
@@ -63,6 +64,7 @@ const ORIGINS: &str = "tokio_pulse_origins";
 /// | `tokio_pulse_watchdog_reports_total` | counter | `scope="managed"` | polls the watchdog found stuck while running |
 /// | `tokio_pulse_slow_lane_queue_depth` | gauge | `scope="managed"` | `Yield`-tier tasks waiting for a slow-lane slot |
 /// | `tokio_pulse_isolated_tasks` | gauge | `scope="managed"` | tasks running on the isolation pool now (`tasks{tier="isolate"}` also counts isolated tasks that could not move) |
+/// | `tokio_pulse_isolation_floor_raises_total` | counter | `scope="managed"` | times a starved isolation thread was raised to normal priority (see [`PulseBuilder::isolation_floor`](crate::PulseBuilder::isolation_floor)); zero on a host with CPU to spare |
 /// | `tokio_pulse_origins` | gauge | `scope="managed"`, `tier` | remembered origins (spawn sites, routes) whose new tasks start at `tier` (see [`Origin`](crate::Origin)) |
 ///
 /// A promotion is counted per bad window that moved a task; bad windows of
@@ -314,6 +316,7 @@ struct InterventionSeries {
     watchdog_reports: Monotonic,
     slow_lane_waiting: Gauge,
     isolated: Gauge,
+    floor_raises: Monotonic,
     origins: PerTier<Gauge>,
 }
 
@@ -352,6 +355,7 @@ impl ScopeSeries {
                 watchdog_reports: Monotonic::new(counter!(WATCHDOG_REPORTS, "scope" => scope)),
                 slow_lane_waiting: gauge!(SLOW_LANE_WAITING, "scope" => scope),
                 isolated: gauge!(ISOLATED, "scope" => scope),
+                floor_raises: Monotonic::new(counter!(FLOOR_RAISES, "scope" => scope)),
                 origins: PerTier::from_fn(
                     |t| gauge!(ORIGINS, "scope" => scope, "tier" => t.as_str()),
                 ),
@@ -394,6 +398,7 @@ impl ScopeSeries {
             i.watchdog_reports.set(totals.watchdog_reports);
             i.slow_lane_waiting.set(totals.slow_lane_waiting as f64);
             i.isolated.set(totals.isolated_tasks as f64);
+            i.floor_raises.set(totals.isolation_floor_raises);
         }
     }
 }
@@ -418,6 +423,11 @@ fn describe() {
         "Yield-tier tasks waiting for a slow-lane slot."
     );
     describe_gauge!(ISOLATED, Unit::Count, "Tasks on the isolation pool now.");
+    describe_counter!(
+        FLOOR_RAISES,
+        Unit::Count,
+        "Times a starved isolation thread was raised to normal priority."
+    );
     describe_gauge!(
         ORIGINS,
         Unit::Count,

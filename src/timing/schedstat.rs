@@ -5,8 +5,32 @@
 //! gave the CPU to another process (a busy host), a CPU quota throttled the
 //! cgroup, the pool thread's low priority kept it off. The run delay the
 //! scheduler counts per thread is exactly that time, and a task is not to
-//! blame for it. Reading it is a file read, so it is done only for polls
-//! already found long, never on the poll path of a short one.
+//! blame for it. Reading it is a file read (a `pread` of an open file,
+//! about a microsecond), so the poll path never does it: the engine's
+//! ticker stamps each poll it sees running with a reading of its thread's
+//! figures (at most one read per thread per slow-poll threshold, a reading
+//! that recent being reused), and a poll found long reads its own figures
+//! when it ends.
+//!
+//! What was found on Linux 6.18 (cgroup v1 `cpu` controller), and what the
+//! charging rests on:
+//!
+//! - Time a CPU quota keeps a runnable thread off the CPU (its cgroup
+//!   throttled) is counted as run delay, like any wait for a CPU (tested in
+//!   `tests/busy_host.rs`).
+//! - The delay is counted when the wait *ends*: a thread waiting now shows
+//!   none of its current wait. A poll that ends has waited its last wait
+//!   already; a poll still running is judged by [`charged_so_far`].
+//! - A thread *blocked* while its process is throttled is charged nothing
+//!   by the scheduler, yet it is often waiting for a lock held by a thread
+//!   the throttle stopped: Tokio's timer wheel lock, taken by every
+//!   `sleep`, made well-behaved tasks' 50 µs polls last milliseconds under
+//!   a 1-CPU quota. Reading the cgroup's `cpu.stat` (`nr_throttled`,
+//!   `throttled_time`) would tell when the group was throttled, at the
+//!   cost of a file read per check and finding the cgroup; the engine's
+//!   ticker, which shares the quota, feels each throttle as a late wake-up
+//!   for free (see `ticker`'s stalls), and [`charged`] does not charge
+//!   blocked time up to the stall.
 
 /// The calling thread's kernel thread id (0 where there is none to give).
 pub(crate) fn current_tid() -> i32 {
