@@ -31,7 +31,7 @@
 //! For diagnosis: `ONLY=pulse` runs the tokio-pulse case alone,
 //! `TRACE_LATE=1` prints every probe wake-up more than 2 ms late with its
 //! time since start, `FLOOR=25,50` sets the progress floor (percent, and
-//! milliseconds `after`), and `RUST_LOG=info` shows tokio-pulse's events
+//! milliseconds `after`; `FLOOR=off` turns it off), and `RUST_LOG=info` shows tokio-pulse's events
 //! (tier changes, watchdog reports).
 
 mod common;
@@ -138,7 +138,9 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The `Pulse` for `mode`: the default, with `FLOOR` applied if set.
 fn pulse_for(mode: Mode) -> Pulse {
     let mut builder = Pulse::builder();
-    if let Some((percent, after_ms)) = std::env::var("FLOOR").ok().and_then(|f| {
+    if std::env::var("FLOOR").as_deref() == Ok("off") {
+        builder = builder.without_isolation_floor();
+    } else if let Some((percent, after_ms)) = std::env::var("FLOOR").ok().and_then(|f| {
         let (p, a) = f.split_once(',')?;
         Some((p.trim().parse().ok()?, a.trim().parse().ok()?))
     }) {
