@@ -755,6 +755,10 @@ mod tests {
             matches!(health.isolation_pool, Component::Failed(_)),
             "{health:?}"
         );
+        assert!(
+            matches!(health.isolation_floor, Component::Failed(_)),
+            "{health:?}"
+        );
         // Still usable: snapshots and totals answer.
         assert_eq!(engine.snapshot().tasks.len(), 0);
         assert_eq!(engine.totals().tasks_spawned, 0);
@@ -765,7 +769,17 @@ mod tests {
         let engine = Engine::start(Config::default());
         assert_eq!(engine.health().watchdog, Component::Running);
         assert_eq!(engine.health().isolation_pool, Component::NotStarted);
-        let off = Engine::start(config(PulseBuilder::new().without_watchdog()));
+        assert_eq!(engine.health().isolation_floor, Component::NotStarted);
+        let off = Engine::start(config(
+            PulseBuilder::new()
+                .without_watchdog()
+                .without_isolation_floor(),
+        ));
         assert_eq!(off.health().watchdog, Component::Disabled);
+        assert_eq!(off.health().isolation_floor, Component::Disabled);
+        let inherit = Engine::start(config(
+            PulseBuilder::new().isolation_priority(IsolationPriority::Inherit),
+        ));
+        assert_eq!(inherit.health().isolation_floor, Component::Disabled);
     }
 }

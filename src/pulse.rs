@@ -129,8 +129,9 @@ impl Pulse {
     }
 
     /// Whether the watchdog and the isolation pool, which run on threads
-    /// of their own, are up. See [`Health`] for what is lost when the OS
-    /// refused one of them its threads.
+    /// of their own, are up, and whether the pool's progress floor can
+    /// raise its threads. See [`Health`] for what is lost when the OS
+    /// refused one of them.
     pub fn health(&self) -> Health {
         self.engine.health()
     }

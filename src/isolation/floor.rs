@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::priority::{Applied, Lowered};
+use super::priority::Lowered;
 use crate::sync::lock;
 use crate::timing::as_nanos;
 use crate::timing::schedstat::{SchedStatFile, runnable};
@@ -196,7 +196,7 @@ impl Floor {
             let Some(lowered) = thread.lowered.get() else {
                 continue; // not started (or could not be)
             };
-            if lowered.to == Applied::Inherited {
+            if !lowered.below_normal() {
                 continue; // nothing to raise
             }
             let starved = settings.is_some_and(|s| watch.starved(thread, lowered.tid, now_ns, s));

@@ -141,10 +141,12 @@ fn run(pool: &PoolShared, me: &PoolThread, priority: IsolationPriority) {
         Ok(lowered) => {
             // Can the floor raise this thread again? Try it now, while it
             // has no work: a refusal turns the floor off (and is said).
-            if let Err(e) = lowered.raise() {
-                pool.floor.refuse(&e);
-            } else if let Err(e) = lowered.lower() {
-                tracing::warn!(?priority, error = %e, "tokio-pulse: could not lower the isolation thread's priority again; it runs at normal priority");
+            if lowered.below_normal() {
+                if let Err(e) = lowered.raise() {
+                    pool.floor.refuse(&e);
+                } else if let Err(e) = lowered.lower() {
+                    tracing::warn!(?priority, error = %e, "tokio-pulse: could not lower the isolation thread's priority again; it runs at normal priority");
+                }
             }
             me.started(lowered);
         }

@@ -76,6 +76,16 @@ pub(crate) fn apply(priority: IsolationPriority) -> io::Result<Lowered> {
 }
 
 impl Lowered {
+    /// Whether the thread runs below normal priority, so that raising it
+    /// means anything.
+    pub(crate) fn below_normal(&self) -> bool {
+        match self.to {
+            Applied::Idle => true,
+            Applied::Nice(n) => n > self.normal_nice,
+            Applied::Inherited => false,
+        }
+    }
+
     /// Raises the thread back to normal priority: `SCHED_OTHER` at the nice
     /// value it inherited. Going back up needs `CAP_SYS_NICE` or a
     /// `RLIMIT_NICE` that allows that nice value (Linux refuses otherwise,
