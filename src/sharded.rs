@@ -96,7 +96,7 @@ impl<V> ShardedMap<V> {
     pub(crate) const SHARDS: usize = SHARDS;
 }
 
-#[cfg(test)]
+#[cfg(any(test, all(feature = "runtime-hooks", tokio_unstable)))]
 impl<V: Clone> ShardedMap<V> {
     pub(crate) fn get(&self, key: u64) -> Option<V> {
         lock(self.shard(key)).get(&key).cloned()
