@@ -212,13 +212,20 @@ fn run_child_in(group: &CpuCgroup, test: &str, host: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Says why a test is skipped, on the terminal: straight to stderr,
+/// which the test harness does not capture, so a CI log shows it.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
+}
+
 /// A cgroup for this test, or `None` (said why) where none can be made.
 fn cgroup(what: &str, cpus: f64) -> Option<CpuCgroup> {
     let name = format!("tokio-pulse-test-{}-{what}", std::process::id());
     match CpuCgroup::with_quota(&name, cpus) {
         Ok(group) => Some(group),
         Err(why) => {
-            println!("skipped: {why}");
+            skipped(&why);
             None
         }
     }
@@ -376,7 +383,7 @@ fn a_starved_isolated_task_is_raised_keeps_making_progress_and_drops_back_after(
     wait_until(Duration::from_secs(30), "isolated", || hog.pool_polls() > 0);
     if let tokio_pulse::Component::Failed(why) = pulse.health().isolation_floor {
         stop.store(true, Relaxed);
-        println!("skipped: {why}");
+        skipped(&why);
         return;
     }
     // 100 ms of CPU on the pool: about 33 s at SCHED_IDLE's share of a
@@ -482,7 +489,7 @@ fn a_task_waiting_for_a_mutex_an_isolated_hog_holds_across_polls_gets_it_on_a_bu
     wait_until(Duration::from_secs(30), "isolated", || hog.pool_polls() > 0);
     if let tokio_pulse::Component::Failed(why) = pulse.health().isolation_floor {
         stop.store(true, Relaxed);
-        println!("skipped: {why}");
+        skipped(&why);
         return;
     }
     const TIMES: u64 = 20;
