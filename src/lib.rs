@@ -100,6 +100,7 @@ mod runtime_hooks;
 mod runtime_tasks;
 mod slow_lane;
 mod snapshot;
+mod stack;
 mod stats;
 mod sync;
 mod task;
