@@ -14,7 +14,7 @@
 //! So a capture is split in two halves, and only the first runs in the
 //! signal handler:
 //!
-//! 1. **On the stuck thread** ([`signal`]): the watchdog sends it a
+//! 1. **On the stuck thread** (`linux::signal`): the watchdog sends it a
 //!    real-time signal with `tgkill`. The handler checks that it runs on
 //!    the thread that was asked for, copies the interrupted registers (pc,
 //!    sp, frame pointer, and lr on aarch64) from the signal's `ucontext`
@@ -22,7 +22,7 @@
 //!    static buffer, and publishes "done" through an atomic and a futex
 //!    wake. No lock, no allocation, no unwinding: all async-signal-safe.
 //!    The thread then goes on with what it was doing.
-//! 2. **On the capturing thread** ([`unwind`], [`symbolize`]): the copy is
+//! 2. **On the capturing thread** (`linux::unwind`, `linux::symbolize`): the copy is
 //!    unwound with `framehop` from the modules' `.eh_frame` (falling back to
 //!    frame pointers where a module has none), then each address is
 //!    resolved with the `backtrace` crate to a demangled name and
@@ -51,39 +51,13 @@ pub(crate) use trace::{Frame, Stack, Symbol};
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod sampler;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod signal;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod symbolize;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod thread;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod unwind;
-
+mod linux;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 #[allow(unused_imports)]
-pub(crate) use sampler::StackSampler;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-pub(crate) use thread::ThreadHandle;
+pub(crate) use linux::{StackSampler, ThreadHandle};
 
 #[cfg(not(all(
     target_os = "linux",
@@ -94,11 +68,5 @@ mod unsupported;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
+#[allow(unused_imports)]
 pub(crate) use unsupported::{StackSampler, ThreadHandle};
-
-#[cfg(all(
-    test,
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod tests;

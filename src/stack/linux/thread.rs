@@ -7,14 +7,14 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::StackError;
+use crate::stack::StackError;
 
 /// A thread that can be captured later, from any thread.
 ///
 /// Created by [`ThreadHandle::current`] on the thread itself (a worker
 /// registers once when it starts). Holding a handle does not keep the
 /// thread alive: capturing a thread that has exited returns
-/// [`CaptureError::ThreadExited`](super::CaptureError::ThreadExited).
+/// [`CaptureError::ThreadExited`](crate::stack::CaptureError::ThreadExited).
 #[derive(Debug, Clone)]
 pub(crate) struct ThreadHandle {
     pub(super) record: Arc<ThreadRecord>,

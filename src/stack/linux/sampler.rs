@@ -4,10 +4,11 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use super::ThreadHandle;
 use super::signal::{self, Disposition, SlotOwner};
 use super::symbolize::symbolize;
 use super::unwind::Unwinder;
-use super::{CaptureError, Stack, StackError, ThreadHandle};
+use crate::stack::{CaptureError, Stack, StackError};
 
 /// The default signal is `SIGRTMIN() + 6`. Real-time signals have no
 /// meaning of their own and queue instead of merging. libc keeps the raw

@@ -8,8 +8,8 @@
 
 use std::ffi::c_void;
 
-use super::trace::{Frame, Stack, Symbol};
 use super::unwind::Walk;
+use crate::stack::{Frame, Stack, Symbol};
 
 pub(super) fn symbolize(walk: Walk) -> Stack {
     let frames = walk

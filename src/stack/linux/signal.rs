@@ -26,15 +26,21 @@
 //!
 //! Installed with `SA_SIGINFO` (the handler reads the `ucontext`),
 //! `SA_RESTART` (a `read` or `write` the signal interrupts is restarted by
-//! the kernel instead of failing with `EINTR`) and `SA_ONSTACK` (the handler
-//! runs on the thread's alternate signal stack when it has one: Rust's
-//! runtime gives each thread one for its stack-overflow report, so a thread
-//! stuck in deep recursion near its guard page is not pushed over it by our
-//! handler's frame). Calls the kernel never restarts (`nanosleep`,
-//! `epoll_wait`, `poll`, `futex` waits with a timeout) return `EINTR`; std's
-//! `thread::sleep`, mio and Tokio retry them, code that treats `EINTR` as
-//! fatal would not. That is the one visible effect of a capture, paid once
-//! per stuck poll.
+//! the kernel instead of failing with `EINTR`) and `SA_ONSTACK`. Without an
+//! alternate stack the kernel pushes the signal frame (2 to 11 KiB on
+//! x86-64, `AT_MINSIGSTKSZ`) onto the interrupted thread's own stack; a
+//! thread deep in recursion near its guard page would then overflow because
+//! of the capture. With `SA_ONSTACK` the frame goes on the thread's
+//! alternate signal stack, which std gives each of its threads for its
+//! stack-overflow report (a thread without one, e.g. created from C, gets
+//! the frame on its own stack). The test
+//! `captures_a_thread_at_the_edge_of_its_stack_without_overflowing_it`
+//! fails without the flag.
+//!
+//! Calls the kernel never restarts (`nanosleep`, `epoll_wait`, `poll`,
+//! `futex` waits with a timeout) return `EINTR`; std's `thread::sleep`, mio
+//! and Tokio retry them, code that treats `EINTR` as fatal would not. That
+//! is the one visible effect of a capture, paid once per stuck poll.
 
 use std::cell::UnsafeCell;
 use std::ffi::{c_int, c_void};
@@ -46,7 +52,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::thread::{ThreadRecord, gettid};
-use super::{CaptureError, StackError};
+use crate::stack::{CaptureError, StackError};
 
 /// How much stack a capture copies, upwards from the interrupted stack
 /// pointer. 64 KiB holds a few hundred ordinary frames, enough to reach
