@@ -10,8 +10,9 @@ use std::sync::Arc;
 /// `Display` prints one line per function, numbered by frame:
 ///
 /// ```text
-///    0: std::sys::pal::unix::thread::Thread::sleep at library/std/src/sys/pal/unix/thread.rs:280
-///    1: std::thread::sleep at library/std/src/thread/mod.rs:871
+///    0: __GI___clock_nanosleep at ./time/../sysdeps/unix/sysv/linux/clock_nanosleep.c:48
+///    1: std::sys::thread::unix::sleep (inlined) at /rustc/…/library/std/src/sys/thread/unix.rs:579
+///    1: std::thread::functions::sleep at /rustc/…/library/std/src/thread/functions.rs:289
 ///    2: my_service::handler::hash_everything at src/handler.rs:42
 /// ```
 ///
