@@ -51,8 +51,8 @@ pub(crate) struct Symbol {
 }
 
 impl Stack {
-    /// Frames whose function name contains `needle`, by frame index; for
-    /// tests and for callers that look for a known function.
+    /// The index of the first frame with a function whose name contains
+    /// `needle`, for callers that look for a known function.
     pub(crate) fn position(&self, needle: &str) -> Option<usize> {
         self.frames.iter().position(|frame| {
             frame

@@ -59,6 +59,15 @@ fn spawn_registered<T: Send + 'static>(
     (handle.recv().expect("the thread registers"), join)
 }
 
+/// Waits until another thread sets `flag`.
+fn wait_for(flag: &AtomicBool) {
+    let give_up = Instant::now() + CAPTURE_TIMEOUT;
+    while !flag.load(Ordering::Acquire) {
+        assert!(Instant::now() < give_up, "the thread never got there");
+        thread::yield_now();
+    }
+}
+
 fn capture(handle: &ThreadHandle) -> Stack {
     sampler()
         .capture(handle, CAPTURE_TIMEOUT)
@@ -113,9 +122,9 @@ fn captures_a_thread_stuck_in_sleep() {
 }
 
 #[inline(never)]
-fn pulse_stack_test_spinning_here(entered: &Barrier, stop: &AtomicBool) -> u64 {
-    entered.wait();
+fn pulse_stack_test_spinning_here(spinning: &AtomicBool, stop: &AtomicBool) -> u64 {
     let started = Instant::now();
+    spinning.store(true, Ordering::Release);
     let mut turns = 0u64;
     // Spins until the test has captured it; the clock is read rarely, as a
     // safety stop, so the thread is nearly always in this very function.
@@ -130,13 +139,13 @@ fn pulse_stack_test_spinning_here(entered: &Barrier, stop: &AtomicBool) -> u64 {
 
 #[test]
 fn captures_a_thread_spinning_on_the_cpu() {
-    let entered = Arc::new(Barrier::new(2));
+    let spinning = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (handle, join) = spawn_registered({
-        let (entered, stop) = (entered.clone(), stop.clone());
-        move || pulse_stack_test_spinning_here(&entered, &stop)
+        let (spinning, stop) = (spinning.clone(), stop.clone());
+        move || pulse_stack_test_spinning_here(&spinning, &stop)
     });
-    entered.wait();
+    wait_for(&spinning);
     let stack = capture(&handle);
     stop.store(true, Ordering::Relaxed);
     join.join().expect("the spinner stops");
@@ -285,14 +294,7 @@ fn captures_a_thread_at_the_edge_of_its_stack_without_overflowing_it() {
         })
         .expect("spawn");
     let handle = handle.recv().expect("the thread registers");
-    let give_up = Instant::now() + CAPTURE_TIMEOUT;
-    while !ready.load(Ordering::Acquire) {
-        assert!(
-            Instant::now() < give_up,
-            "the thread never reached the edge"
-        );
-        thread::yield_now();
-    }
+    wait_for(&ready);
 
     // Without SA_ONSTACK the kernel could not push the signal frame here:
     // the thread would die of a stack overflow (and the process with it).
@@ -352,12 +354,12 @@ fn capturing_a_thread_gone_without_notice_is_an_error_and_leaves_no_request() {
 
     // The failed request was withdrawn: the next capture works.
     let stop = Arc::new(AtomicBool::new(false));
-    let entered = Arc::new(Barrier::new(2));
+    let spinning = Arc::new(AtomicBool::new(false));
     let (live, join) = spawn_registered({
-        let (entered, stop) = (entered.clone(), stop.clone());
-        move || pulse_stack_test_spinning_here(&entered, &stop)
+        let (spinning, stop) = (spinning.clone(), stop.clone());
+        move || pulse_stack_test_spinning_here(&spinning, &stop)
     });
-    entered.wait();
+    wait_for(&spinning);
     let stack = capture(&live);
     stop.store(true, Ordering::Relaxed);
     join.join().expect("the spinner stops");
@@ -378,8 +380,11 @@ fn set_signal_mask(signal: i32, how: libc::c_int) {
     }
 }
 
+/// Says it is here, then waits: a capture after the first message finds
+/// the thread in this function, whether still sending or already waiting.
 #[inline(never)]
-fn pulse_stack_test_waiting_here(release: &mpsc::Receiver<()>) {
+fn pulse_stack_test_waiting_here(here: &mpsc::Sender<()>, release: &mpsc::Receiver<()>) {
+    here.send(()).expect("the test listens");
     release.recv().expect("the test releases the thread");
     black_box(release);
 }
@@ -398,8 +403,7 @@ fn a_thread_blocking_the_signal_times_out_and_its_late_signal_is_harmless() {
         // The signal left pending by the timed-out capture is delivered
         // before this call returns; its handler must find no request.
         set_signal_mask(signal, libc::SIG_UNBLOCK);
-        unblocked_tx.send(()).unwrap();
-        pulse_stack_test_waiting_here(&release_rx);
+        pulse_stack_test_waiting_here(&unblocked_tx, &release_rx);
     });
     blocked.recv().unwrap();
 
