@@ -2,139 +2,158 @@
 //! presence check, the window budget charge, the tier state machine, the
 //! per-task counters, and every clock this platform offers.
 //!
-//! `cargo bench --features bench-internals --bench hot_path`
+//! `RUSTFLAGS="--cfg pulse_bench" cargo bench --bench hot_path`: the
+//! operations are crate-private, exposed to benches only under that cfg.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
-
-use criterion::{Criterion, criterion_group, criterion_main};
-use tokio_pulse::bench_internals::{
-    Budget, Hooks, TaskState, TierMachine, thread_cpu_ns, wall_clock_ns,
-};
-
-/// Poll timings fed to the budget and the tier machine: 2 µs polls every
-/// 5 µs, so a window closes (clean) every 20 000 polls, as for a busy,
-/// well-behaved task.
-const POLL_NS: u64 = 2_000;
-const PERIOD_NS: u64 = 5_000;
-
-/// What the harness itself costs per iteration (the loop and `black_box`):
-/// figures within a few tenths of a nanosecond of it are at the limit of
-/// what this harness can resolve.
-fn floor(c: &mut Criterion) {
-    let x = 0u64;
-    c.bench_function("floor/black_box", |b| b.iter(|| black_box(&x)));
+#[cfg(pulse_bench)]
+fn main() {
+    inner::benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
 }
 
-fn presence(c: &mut Criterion) {
-    let mut g = c.benchmark_group("presence");
-    for installed in [false, true] {
-        let hooks = Hooks::new(installed);
-        let name = if installed {
-            "hooks_installed"
-        } else {
-            "no_hooks"
-        };
-        g.bench_function(name, |b| b.iter(|| black_box(&hooks).is_installed()));
+#[cfg(not(pulse_bench))]
+fn main() {
+    eprintln!(
+        "hot_path times crate-private operations: run it with RUSTFLAGS=\"--cfg pulse_bench\" cargo bench --bench hot_path"
+    );
+}
+
+#[cfg(pulse_bench)]
+mod inner {
+    use std::hint::black_box;
+    use std::time::{Duration, Instant};
+
+    use criterion::{Criterion, criterion_group};
+    use tokio_pulse::bench_internals::{
+        Budget, Hooks, SchedStatReader, TaskState, TierMachine, wall_clock_ns,
+    };
+
+    /// Poll timings fed to the budget and the tier machine: 2 µs polls every
+    /// 5 µs, so a window closes (clean) every 20 000 polls, as for a busy,
+    /// well-behaved task.
+    const POLL_NS: u64 = 2_000;
+    const PERIOD_NS: u64 = 5_000;
+
+    /// What the harness itself costs per iteration (the loop and `black_box`):
+    /// figures within a few tenths of a nanosecond of it are at the limit of
+    /// what this harness can resolve.
+    fn floor(c: &mut Criterion) {
+        let x = 0u64;
+        c.bench_function("floor/black_box", |b| b.iter(|| black_box(&x)));
     }
-    g.finish();
-}
 
-fn budget(c: &mut Criterion) {
-    let mut budget = Budget::new(0);
-    let mut t = 0u64;
-    c.bench_function("budget/charge", |b| {
-        b.iter(|| {
-            t += PERIOD_NS;
-            budget.charge(black_box(t), black_box(t + POLL_NS))
-        })
-    });
-}
+    fn presence(c: &mut Criterion) {
+        let mut g = c.benchmark_group("presence");
+        for installed in [false, true] {
+            let hooks = Hooks::new(installed);
+            let name = if installed {
+                "hooks_installed"
+            } else {
+                "no_hooks"
+            };
+            g.bench_function(name, |b| b.iter(|| black_box(&hooks).is_installed()));
+        }
+        g.finish();
+    }
 
-fn tier(c: &mut Criterion) {
-    let mut g = c.benchmark_group("tier");
-    let mut machine = TierMachine::new(0);
-    g.bench_function("read", |b| b.iter(|| black_box(&machine).tier()));
-    let mut t = 0u64;
-    g.bench_function("on_poll", |b| {
-        b.iter(|| {
-            t += PERIOD_NS;
-            machine.on_poll(black_box(t), black_box(t + POLL_NS))
-        })
-    });
-    g.finish();
-}
+    fn budget(c: &mut Criterion) {
+        let mut budget = Budget::new(0);
+        let mut t = 0u64;
+        c.bench_function("budget/charge", |b| {
+            b.iter(|| {
+                t += PERIOD_NS;
+                budget.charge(black_box(t), black_box(t + POLL_NS))
+            })
+        });
+    }
 
-fn task_state(c: &mut Criterion) {
-    let mut g = c.benchmark_group("task");
-    let task = TaskState::new();
-    g.bench_function("record_poll", |b| {
-        b.iter(|| black_box(&task).record_poll(black_box(POLL_NS), false))
-    });
-    g.bench_function("tier_load", |b| b.iter(|| black_box(&task).tier()));
-    g.bench_function("counters", |b| b.iter(|| black_box(&task).counters()));
-    g.bench_function("snapshot", |b| b.iter(|| black_box(&task).snapshot()));
-    g.finish();
-}
+    fn tier(c: &mut Criterion) {
+        let mut g = c.benchmark_group("tier");
+        let mut machine = TierMachine::new(0);
+        g.bench_function("read", |b| b.iter(|| black_box(&machine).tier()));
+        let mut t = 0u64;
+        g.bench_function("on_poll", |b| {
+            b.iter(|| {
+                t += PERIOD_NS;
+                machine.on_poll(black_box(t), black_box(t + POLL_NS))
+            })
+        });
+        g.finish();
+    }
 
-fn clocks(c: &mut Criterion) {
-    let mut g = c.benchmark_group("clock");
-    g.bench_function("engine_wall_clock", |b| b.iter(wall_clock_ns));
-    let quanta = quanta::Clock::new();
-    g.bench_function("quanta_raw", |b| b.iter(|| quanta.raw()));
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: RDTSC has no preconditions on x86-64.
-    g.bench_function("rdtsc", |b| {
-        b.iter(|| unsafe { std::arch::x86_64::_rdtsc() })
-    });
-    g.bench_function("instant_now", |b| b.iter(Instant::now));
-    g.bench_function("engine_thread_cpu", |b| b.iter(thread_cpu_ns));
+    fn task_state(c: &mut Criterion) {
+        let mut g = c.benchmark_group("task");
+        let task = TaskState::new();
+        g.bench_function("record_poll", |b| {
+            b.iter(|| black_box(&task).record_poll(black_box(POLL_NS), false))
+        });
+        g.bench_function("tier_load", |b| b.iter(|| black_box(&task).tier()));
+        g.bench_function("counters", |b| b.iter(|| black_box(&task).counters()));
+        g.bench_function("snapshot", |b| b.iter(|| black_box(&task).snapshot()));
+        g.finish();
+    }
+
+    fn clocks(c: &mut Criterion) {
+        let mut g = c.benchmark_group("clock");
+        g.bench_function("engine_wall_clock", |b| b.iter(wall_clock_ns));
+        let quanta = quanta::Clock::new();
+        g.bench_function("quanta_raw", |b| b.iter(|| quanta.raw()));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: RDTSC has no preconditions on x86-64.
+        g.bench_function("rdtsc", |b| {
+            b.iter(|| unsafe { std::arch::x86_64::_rdtsc() })
+        });
+        g.bench_function("instant_now", |b| b.iter(Instant::now));
+        let schedstat = SchedStatReader::current_thread();
+        g.bench_function("engine_schedstat", |b| b.iter(|| schedstat.read()));
+        #[cfg(unix)]
+        unix_clocks(&mut g);
+        g.finish();
+    }
+
     #[cfg(unix)]
-    unix_clocks(&mut g);
-    g.finish();
-}
-
-#[cfg(unix)]
-fn unix_clocks(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    fn gettime(clock: libc::clockid_t) -> libc::timespec {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec for the call.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts
+    fn unix_clocks(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+        fn gettime(clock: libc::clockid_t) -> libc::timespec {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid, writable timespec for the call.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            ts
+        }
+        g.bench_function("clock_gettime_monotonic", |b| {
+            b.iter(|| gettime(libc::CLOCK_MONOTONIC))
+        });
+        g.bench_function("clock_gettime_thread_cputime", |b| {
+            b.iter(|| gettime(libc::CLOCK_THREAD_CPUTIME_ID))
+        });
+        g.bench_function("clock_gettime_process_cputime", |b| {
+            b.iter(|| gettime(libc::CLOCK_PROCESS_CPUTIME_ID))
+        });
+        #[cfg(target_os = "linux")]
+        g.bench_function("getrusage_thread", |b| {
+            b.iter(|| {
+                let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+                // SAFETY: `usage` is valid, writable memory for one rusage;
+                // getrusage initialises it in full when it returns 0.
+                unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) }
+            })
+        });
     }
-    g.bench_function("clock_gettime_monotonic", |b| {
-        b.iter(|| gettime(libc::CLOCK_MONOTONIC))
-    });
-    g.bench_function("clock_gettime_thread_cputime", |b| {
-        b.iter(|| gettime(libc::CLOCK_THREAD_CPUTIME_ID))
-    });
-    g.bench_function("clock_gettime_process_cputime", |b| {
-        b.iter(|| gettime(libc::CLOCK_PROCESS_CPUTIME_ID))
-    });
-    #[cfg(target_os = "linux")]
-    g.bench_function("getrusage_thread", |b| {
-        b.iter(|| {
-            let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-            // SAFETY: `usage` is valid, writable memory for one rusage;
-            // getrusage initialises it in full when it returns 0.
-            unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) }
-        })
-    });
-}
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(40)
-}
+    fn config() -> Criterion {
+        Criterion::default()
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1))
+            .sample_size(40)
+    }
 
-criterion_group! {
-    name = benches;
-    config = config();
-    targets = floor, presence, budget, tier, task_state, clocks
+    criterion_group! {
+        name = benches;
+        config = config();
+        targets = floor, presence, budget, tier, task_state, clocks
+    }
 }
-criterion_main!(benches);

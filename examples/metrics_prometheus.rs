@@ -35,7 +35,9 @@ async fn main() {
         .slow_poll_threshold(Duration::from_millis(1))
         .build()
         .expect("valid configuration");
-    let _publisher = MetricsPublisher::new(&pulse).spawn();
+    let _publisher = MetricsPublisher::new(&pulse)
+        .spawn()
+        .expect("metrics publisher thread");
 
     // A hog, 3 ms per poll, and a handful of tasks that behave.
     pulse.spawn_named("hog", async {

@@ -1,17 +1,22 @@
-//! Whole-runtime throughput: the same workloads spawned with plain
-//! `tokio::spawn` and with `pulse.spawn`, alternating in one process, as a
-//! table of medians and their ratio.
+//! Whole-runtime cost of management: the same workloads spawned with plain
+//! `tokio::spawn`, with tokio-metrics' `TaskMonitor` (the peer: per-task
+//! metrics by instrumenting futures), and with `pulse.spawn`, in one
+//! process, as a table of medians and ratios against plain Tokio.
 //!
-//! `cargo run --release --example throughput [-- --rounds N]`
-//! (also run by `cargo bench --bench throughput`).
+//! `cargo run --release --example throughput [-- --rounds N] [--workers N]
+//! [--only NAME] [--runtime multi|current] [--variant plain|metrics|pulse]`
+//! (`--variant` runs that variant alone and prints its throughput, for a
+//! profiler).
 //!
-//! Each workload is poll-heavy and does almost nothing per poll, so the
-//! table shows the per-poll cost of management at its most visible; real
-//! tasks that do work between `.await`s dilute it: the last column, the time
-//! management adds per unit of work, tells what it would add to yours.
-//! Rounds alternate which variant runs first, and the ratio is the median of
-//! per-round ratios, so that slow drifts in machine load (other processes)
-//! cancel out.
+//! The poll-heavy workloads do almost nothing per poll, so they show the
+//! per-poll cost of management at its most visible; the `work` rows do 1,
+//! 10 or 100 µs of computation per poll, as real tasks do, and show how
+//! far that cost is diluted. Rounds rotate which variant goes first, and
+//! each ratio is the median of per-round ratios, so slow drifts in machine
+//! load cancel out. For the `pulse` variant it also reports the CPU the
+//! `Pulse`'s own thread (ticker and watchdog) used, as a share of one core.
+
+mod common;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -19,12 +24,14 @@ use std::time::{Duration, Instant};
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_metrics::TaskMonitor;
 use tokio_pulse::Pulse;
 
 /// How a workload spawns its tasks.
 #[derive(Clone)]
 enum Spawner {
     Plain,
+    Metrics(TaskMonitor),
     Pulse(Pulse),
 }
 
@@ -36,6 +43,7 @@ impl Spawner {
     {
         match self {
             Spawner::Plain => tokio::spawn(future),
+            Spawner::Metrics(monitor) => tokio::spawn(monitor.instrument(future)),
             Spawner::Pulse(pulse) => pulse.spawn(future),
         }
     }
@@ -49,32 +57,43 @@ struct Workload {
     run: fn(&Runtime, &Spawner) -> u64,
 }
 
-const TASKS: u64 = 1_000;
-const YIELDS: u64 = 1_000;
-const PAIRS: u64 = 100;
-const ROUND_TRIPS: u64 = 2_000;
-const CHURN_TASKS: u64 = 100_000;
-
-const WORKLOADS: [Workload; 3] = [
+const WORKLOADS: [Workload; 6] = [
     Workload {
-        name: "yield 1000 tasks x 1000",
+        name: "yield storm: 1000 tasks x 1000 yield_now",
         unit: "polls",
         run: yield_storm,
     },
     Workload {
-        name: "ping-pong 100 pairs x 2000",
+        name: "ping-pong: 100 pairs x 2000 round trips",
         unit: "msgs",
         run: ping_pong,
     },
     Workload {
-        name: "spawn+join 100000 empty tasks",
+        name: "spawn storm: 100 000 empty tasks spawned and joined",
         unit: "tasks",
-        run: spawn_churn,
+        run: spawn_storm,
+    },
+    Workload {
+        name: "work: 1 us per poll",
+        unit: "polls",
+        run: |rt, s| work_polls(rt, s, Duration::from_micros(1), 200, 1_000),
+    },
+    Workload {
+        name: "work: 10 us per poll",
+        unit: "polls",
+        run: |rt, s| work_polls(rt, s, Duration::from_micros(10), 100, 200),
+    },
+    Workload {
+        name: "work: 100 us per poll",
+        unit: "polls",
+        run: |rt, s| work_polls(rt, s, Duration::from_micros(100), 20, 100),
     },
 ];
 
 /// 1 000 tasks, each yielding 1 000 times: a million polls that do nothing.
 fn yield_storm(rt: &Runtime, spawner: &Spawner) -> u64 {
+    const TASKS: u64 = 1_000;
+    const YIELDS: u64 = 1_000;
     rt.block_on(async {
         let handles: Vec<_> = (0..TASKS)
             .map(|_| {
@@ -95,6 +114,8 @@ fn yield_storm(rt: &Runtime, spawner: &Spawner) -> u64 {
 /// Pairs of tasks passing a message back and forth over bounded channels:
 /// every poll is a wake-up by the other task.
 fn ping_pong(rt: &Runtime, spawner: &Spawner) -> u64 {
+    const PAIRS: u64 = 100;
+    const ROUND_TRIPS: u64 = 2_000;
     rt.block_on(async {
         let mut handles = Vec::new();
         for _ in 0..PAIRS {
@@ -123,11 +144,12 @@ fn ping_pong(rt: &Runtime, spawner: &Spawner) -> u64 {
 
 /// Many tasks that complete in their first poll, spawned and joined in
 /// batches: the cost of a managed task's creation and end, not of its polls.
-fn spawn_churn(rt: &Runtime, spawner: &Spawner) -> u64 {
+fn spawn_storm(rt: &Runtime, spawner: &Spawner) -> u64 {
+    const TASKS: u64 = 100_000;
     let spawner = spawner.clone();
     rt.block_on(async move {
         let mut batch = Vec::with_capacity(1_000);
-        for i in 0..CHURN_TASKS {
+        for i in 0..TASKS {
             batch.push(spawner.spawn(async move { i }));
             if batch.len() == 1_000 {
                 for h in batch.drain(..) {
@@ -136,155 +158,157 @@ fn spawn_churn(rt: &Runtime, spawner: &Spawner) -> u64 {
             }
         }
     });
-    CHURN_TASKS
+    TASKS
 }
 
-fn timed(rt: &Runtime, workload: &Workload, spawner: &Spawner) -> (Duration, u64) {
+/// `tasks` tasks, each polled `polls` times, computing `per_poll` in each.
+fn work_polls(rt: &Runtime, spawner: &Spawner, per_poll: Duration, tasks: u64, polls: u64) -> u64 {
+    rt.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                spawner.spawn(async move {
+                    for _ in 0..polls {
+                        common::work(per_poll);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.expect("task panicked");
+        }
+    });
+    tasks * polls
+}
+
+/// Throughput of one run of `workload` under `spawner`, in units per second.
+fn rate(rt: &Runtime, workload: &Workload, spawner: &Spawner) -> f64 {
     let t = Instant::now();
     let units = (workload.run)(rt, spawner);
-    (t.elapsed(), units)
+    units as f64 / t.elapsed().as_secs_f64()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
-/// Throughput of each variant (units per second) over `rounds` rounds.
-struct Result {
+struct Row {
     plain: Vec<f64>,
+    metrics: Vec<f64>,
     pulse: Vec<f64>,
+    /// CPU of the pulse's own thread per second of the pulse runs.
+    pulse_thread_share: Vec<f64>,
 }
 
-fn measure(rt: &Runtime, workload: &Workload, pulse: &Pulse, rounds: usize) -> Result {
-    let variants = [Spawner::Plain, Spawner::Pulse(pulse.clone())];
+fn measure(rt: &Runtime, workload: &Workload, pulse: &Pulse, rounds: usize) -> Row {
+    let variants = [
+        Spawner::Plain,
+        Spawner::Metrics(TaskMonitor::new()),
+        Spawner::Pulse(pulse.clone()),
+    ];
     // One unmeasured run of each: thread pools, allocator, caches.
     for s in &variants {
-        timed(rt, workload, s);
+        rate(rt, workload, s);
     }
-    let mut result = Result {
+    let mut row = Row {
         plain: Vec::new(),
+        metrics: Vec::new(),
         pulse: Vec::new(),
+        pulse_thread_share: Vec::new(),
     };
     for round in 0..rounds {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let (took, units) = timed(rt, workload, &variants[i]);
-            let rate = units as f64 / took.as_secs_f64();
-            match i {
-                0 => result.plain.push(rate),
-                _ => result.pulse.push(rate),
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            match &variants[i] {
+                Spawner::Pulse(_) => {
+                    let cpu0 = common::threads_cpu("pulse-").unwrap_or_default();
+                    let t = Instant::now();
+                    row.pulse.push(rate(rt, workload, &variants[i]));
+                    let cpu = common::threads_cpu("pulse-").unwrap_or_default() - cpu0;
+                    row.pulse_thread_share
+                        .push(cpu.as_secs_f64() / t.elapsed().as_secs_f64());
+                }
+                Spawner::Metrics(_) => row.metrics.push(rate(rt, workload, &variants[i])),
+                Spawner::Plain => row.plain.push(rate(rt, workload, &variants[i])),
             }
         }
     }
-    result
+    row
 }
 
-/// Command-line options: `--rounds N`, `--only <workload substring>`,
-/// `--runtime <runtime substring>`, and
-/// `--variant plain|pulse` (runs just that variant, once per round, for
-/// profiling one side under `valgrind --tool=callgrind`).
-struct Options {
-    rounds: usize,
-    only: Option<String>,
-    runtime: Option<String>,
-    variant: Option<String>,
+fn value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
-impl Options {
-    fn from_args() -> Options {
-        let args: Vec<String> = std::env::args().collect();
-        let value = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1).cloned())
-        };
-        Options {
-            rounds: value("--rounds").map_or(7, |n| n.parse().expect("--rounds takes a number")),
-            only: value("--only"),
-            runtime: value("--runtime"),
-            variant: value("--variant"),
-        }
-    }
-}
-
-/// Runs one variant alone, for a profiler; prints its median throughput.
-fn profile_one(rt: &Runtime, rt_name: &str, w: &Workload, spawner: &Spawner, rounds: usize) {
-    let rates = (0..rounds)
-        .map(|_| {
-            let (took, units) = timed(rt, w, spawner);
-            units as f64 / took.as_secs_f64()
-        })
-        .collect();
-    println!(
-        "| {rt_name} | {} | {:.2} M{}/s |",
-        w.name,
-        median(rates) / 1e6,
-        w.unit
-    );
-}
-
-pub fn main() {
-    let opts = Options::from_args();
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = value(&args, "--rounds").map_or(7, |n| n.parse().expect("--rounds N"));
+    let workers: usize = value(&args, "--workers").map_or(2, |n| n.parse().expect("--workers N"));
+    let only = value(&args, "--only");
+    let runtime = value(&args, "--runtime");
+    common::calibrate();
     let pulse = Pulse::new();
-    let runtimes: [(&str, Runtime); 2] = [
-        (
-            "multi_thread(2)",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .build()
-                .expect("runtime"),
-        ),
-        (
-            "current_thread",
-            Builder::new_current_thread().build().expect("runtime"),
-        ),
-    ];
-    let matches = |filter: &Option<String>, name: &str| {
-        filter.as_ref().is_none_or(|f| name.contains(f.as_str()))
-    };
-    let selected = |w: &&Workload| matches(&opts.only, w.name);
-    let runtimes: Vec<_> = runtimes
-        .into_iter()
-        .filter(|(name, _)| matches(&opts.runtime, name))
-        .collect();
-    if let Some(variant) = &opts.variant {
+    let mut runtimes: Vec<(String, Runtime)> = Vec::new();
+    if runtime.as_deref().is_none_or(|r| r.starts_with("multi")) {
+        let rt = Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtimes.push((format!("multi_thread({workers})"), rt));
+    }
+    if runtime.as_deref().is_none_or(|r| r.starts_with("current")) {
+        let rt = Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtimes.push(("current_thread".to_owned(), rt));
+    }
+    if let Some(variant) = value(&args, "--variant") {
         let spawner = match variant.as_str() {
             "plain" => Spawner::Plain,
+            "metrics" => Spawner::Metrics(TaskMonitor::new()),
             "pulse" => Spawner::Pulse(pulse.clone()),
-            other => panic!("--variant is plain or pulse, not {other}"),
+            other => panic!("--variant is plain, metrics or pulse, not {other}"),
         };
         for (rt_name, rt) in &runtimes {
-            for w in WORKLOADS.iter().filter(selected) {
-                profile_one(rt, rt_name, w, &spawner, opts.rounds);
+            for w in WORKLOADS
+                .iter()
+                .filter(|w| only.as_deref().is_none_or(|o| w.name.contains(o)))
+            {
+                let rates = (0..rounds).map(|_| rate(rt, w, &spawner)).collect();
+                println!(
+                    "{rt_name} {}: {:.2} M{}/s",
+                    w.name,
+                    common::median(rates) / 1e6,
+                    w.unit
+                );
             }
         }
         return;
     }
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!(
-        "{} rounds per row, plain and pulse alternating; medians.\n",
-        opts.rounds
+        "{rounds} rounds per row, variants rotating; medians of per-round ratios; {cores} cores.\n"
     );
     println!(
-        "| runtime | workload | plain tokio::spawn | pulse.spawn | time vs plain | added per unit |\n|---|---|---|---|---|---|"
+        "| runtime | workload | plain tokio::spawn | TaskMonitor vs plain | pulse.spawn vs plain | pulse thread CPU |"
     );
+    println!("|---|---|---|---|---|---|");
     for (rt_name, rt) in &runtimes {
-        for w in WORKLOADS.iter().filter(selected) {
-            let r = measure(rt, w, &pulse, opts.rounds);
-            let pairs = || r.pulse.iter().zip(&r.plain);
-            let slower = (median(pairs().map(|(p, q)| q / p).collect()) - 1.0) * 100.0;
-            let added_ns = median(pairs().map(|(p, q)| (1.0 / p - 1.0 / q) * 1e9).collect());
+        for w in WORKLOADS
+            .iter()
+            .filter(|w| only.as_deref().is_none_or(|o| w.name.contains(o)))
+        {
+            let r = measure(rt, w, &pulse, rounds);
+            let ratio =
+                |v: &[f64]| common::median(v.iter().zip(&r.plain).map(|(x, p)| p / x).collect());
             println!(
-                "| {rt_name} | {} | {:.2} M{unit}/s | {:.2} M{unit}/s | {slower:+.1} % | {added_ns:+.0} ns |",
+                "| {rt_name} | {} | {:.2} M{}/s | {:.2}x | {:.2}x | {:.2} % |",
                 w.name,
-                median(r.plain.clone()) / 1e6,
-                median(r.pulse.clone()) / 1e6,
-                unit = w.unit,
+                common::median(r.plain.clone()) / 1e6,
+                w.unit,
+                ratio(&r.metrics),
+                ratio(&r.pulse),
+                100.0 * common::median(r.pulse_thread_share.clone()),
             );
         }
     }

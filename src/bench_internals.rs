@@ -1,7 +1,7 @@
 //! Thin, public wrappers around crate-private hot-path operations, so the
 //! criterion benches in `benches/` can time each one on its own.
 //!
-//! Compiled only with the `bench-internals` feature and hidden from the docs:
+//! Compiled only with `RUSTFLAGS="--cfg pulse_bench"` and hidden from the docs:
 //! nothing here is API. Every wrapper is `#[inline]` so that a bench times the
 //! operation as it is compiled into the poll path, not a call into this module.
 
@@ -14,7 +14,7 @@ use crate::hooks::{HookSlot, PreemptionHooks};
 use crate::snapshot::TaskSnapshot;
 use crate::task::TaskShared;
 use crate::tier::{Escalation, EscalationPolicy, Tier};
-use crate::timing::{clock, cpu};
+use crate::timing::clock;
 
 /// Wall-clock nanoseconds from the engine's clock (TSC through quanta), as
 /// read twice per managed poll.
@@ -23,10 +23,22 @@ pub fn wall_clock_ns() -> u64 {
     clock().now_ns()
 }
 
-/// The calling thread's CPU time, as read around polls of suspect tasks.
-#[inline]
-pub fn thread_cpu_ns() -> Option<u64> {
-    cpu::thread_cpu_ns()
+/// The calling thread's scheduler figures (CPU time and run delay), as a
+/// long poll reads them when it ends (Linux; `None` elsewhere).
+pub struct SchedStatReader(Option<crate::timing::schedstat::SchedStatFile>);
+
+impl SchedStatReader {
+    /// Opens the calling thread's figures.
+    pub fn current_thread() -> Self {
+        SchedStatReader(crate::timing::schedstat::SchedStatFile::current_thread())
+    }
+
+    /// Reads them: (CPU time, run delay) in nanoseconds.
+    #[inline]
+    pub fn read(&self) -> Option<(u64, u64)> {
+        let s = self.0.as_ref()?.read()?;
+        Some((s.cpu_ns, s.delay_ns))
+    }
 }
 
 /// The hooks slot of a `Pulse`, empty or holding hooks that do nothing.
@@ -90,7 +102,7 @@ impl TierMachine {
     pub fn new(now_ns: u64) -> Self {
         TierMachine {
             policy: default_policy(),
-            escalation: Escalation::new(now_ns),
+            escalation: Escalation::starting_at(Tier::Monitor, now_ns),
         }
     }
 
@@ -100,7 +112,8 @@ impl TierMachine {
         self.escalation.tier()
     }
 
-    /// Feeds one poll to the state machine; true when the tier changed.
+    /// Feeds one poll to the state machine; true when it closed a window
+    /// that changed the tier or was bad.
     #[inline]
     pub fn on_poll(&mut self, start_ns: u64, end_ns: u64) -> bool {
         self.escalation
@@ -122,7 +135,8 @@ impl TaskState {
     /// The per-poll counter update made after every poll.
     #[inline]
     pub fn record_poll(&self, poll_ns: u64, slow: bool) {
-        self.0.record_poll(poll_ns, slow);
+        self.0.count_poll();
+        self.0.record_measured(poll_ns, poll_ns, slow);
     }
 
     /// The task's tier as other threads read it.

@@ -63,6 +63,11 @@ impl WindowBudget {
         }
     }
 
+    /// When the window opened.
+    pub(crate) fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
     /// Charges one poll that ran from `start_ns` to `end_ns`.
     #[inline]
     pub(crate) fn charge(

@@ -5,17 +5,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::context;
-use crate::timing::clock;
 
 /// Gives way to other tasks if the current task has used its slice.
 ///
 /// Insert `checkpoint().await` in loops that compute for a long time
 /// between real `.await`s. Inside a managed task it returns `Pending` once
 /// (having scheduled the task to run again, behind other ready work) when
-/// the current poll has run longer than the task's slice: half the
+/// the current poll may have run longer than the task's slice: half the
 /// slow-poll threshold normally, a quarter once the task is in
-/// [`Tier::Yield`](crate::Tier::Yield) or above. Otherwise it completes at once;
-/// the check is one clock read.
+/// [`Tier::Yield`](crate::Tier::Yield) or above. Otherwise it completes at
+/// once. The check reads no clock: it compares the times of the ticks the
+/// engine's ticker published (see [`Timing`](crate::Timing)), a few loads,
+/// so a checkpoint in a tight loop costs next to nothing; it errs on the
+/// side of giving way up to one tick early.
 ///
 /// Outside a managed task it falls back to Tokio's own cooperative budget
 /// (`tokio::task::coop`): it yields when the task has done a budget's worth
@@ -58,7 +60,11 @@ impl Future for Checkpoint {
         }
         match context::current() {
             Some(poll) => {
-                if clock().now_ns().saturating_sub(poll.start_ns) < poll.slice_ns {
+                // SAFETY: the poll running on this thread holds its
+                // engine, and so the ticker, alive until it ends; this
+                // checkpoint runs inside that poll.
+                let ticker = unsafe { &*poll.ticker };
+                if !ticker.slice_used(poll.start, poll.yield_slice) {
                     return Poll::Ready(());
                 }
                 self.yielded = true;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::budget::BudgetLimits;
 use crate::isolation::IsolationPriority;
+use crate::origins::OriginSettings;
 use crate::tier::{EscalationPolicy, Tier};
 use crate::timing::as_nanos;
 
@@ -48,8 +49,42 @@ impl Profile {
             max_tier: Tier::Isolate,
             max_warnings_per_second: 100,
             interventions: Interventions::default(),
+            origins: Some(OriginSettings {
+                capacity: DEFAULT_ORIGIN_CAPACITY,
+                clean_tasks: clean,
+            }),
+            timing: Timing::default(),
         }
     }
+}
+
+/// How the length of polls is measured. Set with [`PulseBuilder::timing`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timing {
+    /// The default: a poll reads no clock unless it outlasts a tick of the
+    /// `Pulse`'s ticker thread. A tick is a quarter of the slow-poll
+    /// threshold while long polls are about, the threshold itself while
+    /// all polls are short, and longer when no poll runs at all. A poll
+    /// that spans a tick reads the clock once and is judged by how long it
+    /// certainly ran (from the first tick after its start): its length is
+    /// at most one tick short. What it means for each figure:
+    ///
+    /// - [`TaskSnapshot::polls`](crate::TaskSnapshot::polls),
+    ///   [`Totals::polls`](crate::Totals::polls): exact.
+    /// - slow polls, the longest poll, the poll-time histogram, the
+    ///   [`PollReport::duration`](crate::PollReport::duration) hooks see:
+    ///   measured polls only, at that lower bound; a poll shorter than a
+    ///   tick reports zero (it was short: it cannot be slow).
+    /// - [`TaskSnapshot::total_poll_time`](crate::TaskSnapshot::total_poll_time),
+    ///   [`Totals::poll_time`](crate::Totals::poll_time): an unbiased
+    ///   estimate: each poll is charged the ticks it spanned, which for a
+    ///   poll of random phase averages its true length.
+    #[default]
+    Sampled,
+    /// Every poll reads the clock when it starts and ends: exact figures,
+    /// for two clock reads per poll (see BENCHMARKS.md).
+    Exact,
 }
 
 /// A configuration value that [`PulseBuilder::build`] refused.
@@ -116,6 +151,9 @@ pub(crate) struct Config {
     pub max_tier: Tier,
     pub max_warnings_per_second: u32,
     pub interventions: Interventions,
+    /// `None`: origins are not remembered.
+    pub origins: Option<OriginSettings>,
+    pub timing: Timing,
 }
 
 /// How the `Yield` and `Isolate` tiers and the watchdog act.
@@ -147,6 +185,14 @@ pub const DEFAULT_WATCHDOG_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// Most isolation threads a pool may have.
 const MAX_ISOLATION_THREADS: usize = 1024;
+
+/// Origins remembered by default: far more offending spawn sites and
+/// routes than a service has, and a bound (a few hundred KiB) on what names
+/// of unbounded cardinality can take.
+const DEFAULT_ORIGIN_CAPACITY: usize = 1024;
+
+/// Most origins a `Pulse` may remember.
+const MAX_ORIGIN_CAPACITY: usize = 1 << 16;
 
 impl Config {
     pub(crate) fn escalation_policy(&self, max_tier: Tier) -> EscalationPolicy {
@@ -242,6 +288,25 @@ impl Config {
                 });
             }
         }
+        if let Some(o) = &self.origins {
+            if o.capacity == 0 {
+                return Err(ConfigError::Zero {
+                    field: "origin_memory_capacity",
+                });
+            }
+            if o.capacity > MAX_ORIGIN_CAPACITY {
+                return Err(ConfigError::OutOfRange {
+                    field: "origin_memory_capacity",
+                    value: o.capacity.to_string(),
+                    rule: "at most 65536",
+                });
+            }
+            if o.clean_tasks == 0 {
+                return Err(ConfigError::Zero {
+                    field: "origin_clean_tasks",
+                });
+            }
+        }
         if let Some(threshold) = i.watchdog_threshold {
             if threshold <= self.slow_poll_threshold {
                 return Err(ConfigError::Inconsistent {
@@ -300,6 +365,9 @@ struct Overrides {
     isolation_threads: Option<usize>,
     isolation_priority: Option<IsolationPriority>,
     watchdog_threshold: Option<Option<Duration>>,
+    origin_capacity: Option<Option<usize>>,
+    origin_clean_tasks: Option<u32>,
+    timing: Option<Timing>,
 }
 
 impl PulseBuilder {
@@ -411,17 +479,48 @@ impl PulseBuilder {
         self
     }
 
-    /// Validates the configuration and creates the [`Pulse`](crate::Pulse).
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the first value that breaks a rule.
-    pub fn build(self) -> Result<crate::Pulse, ConfigError> {
-        let config = self.config()?;
-        Ok(crate::Pulse::from_config(config))
+    /// How many origins (spawn sites and task names, see
+    /// [`Origin`](crate::Origin)) whose tasks misbehaved are remembered at
+    /// once, so that their new tasks start at the tier they earned.
+    /// Default 1024, from 1 to 65536; fixed once the `Pulse` is built.
+    /// Well-behaved origins take no room.
+    pub fn origin_memory_capacity(mut self, origins: usize) -> Self {
+        self.overrides.origin_capacity = Some(Some(origins));
+        self
+    }
+
+    /// Tasks of a remembered origin that must end in a row without
+    /// misbehaving before its new tasks start one tier lower: the
+    /// hysteresis of origin memory. Default: the profile's
+    /// `clean_windows_to_demote` (10 for `Balanced`). At least 1.
+    pub fn origin_clean_tasks(mut self, tasks: u32) -> Self {
+        self.overrides.origin_clean_tasks = Some(tasks);
+        self
+    }
+
+    /// How polls are measured: [`Timing::Sampled`] (the default: a short
+    /// poll reads no clock) or [`Timing::Exact`] (every poll reads the
+    /// clock twice). Can be changed by `reconfigure`.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.overrides.timing = Some(timing);
+        self
+    }
+
+    /// Turns origin memory off: every task starts at `Monitor` and is
+    /// judged alone, whatever its spawn site or name did before.
+    pub fn without_origin_memory(mut self) -> Self {
+        self.overrides.origin_capacity = Some(None);
+        self
     }
 
     pub(crate) fn config(&self) -> Result<Config, ConfigError> {
         let o = &self.overrides;
+        // Checked even with origin memory off, so a zero is never accepted.
+        if o.origin_clean_tasks == Some(0) {
+            return Err(ConfigError::Zero {
+                field: "origin_clean_tasks",
+            });
+        }
         let d = self.profile.defaults();
         let config = Config {
             slow_poll_threshold: o.slow_poll_threshold.unwrap_or(d.slow_poll_threshold),
@@ -456,6 +555,16 @@ impl PulseBuilder {
                     .watchdog_threshold
                     .unwrap_or(d.interventions.watchdog_threshold),
             },
+            origins: o
+                .origin_capacity
+                .unwrap_or(d.origins.map(|d| d.capacity))
+                .map(|capacity| OriginSettings {
+                    capacity,
+                    clean_tasks: o
+                        .origin_clean_tasks
+                        .unwrap_or(d.origins.map_or(1, |d| d.clean_tasks)),
+                }),
+            timing: o.timing.unwrap_or(d.timing),
         };
         config.validate()?;
         Ok(config)

@@ -1,170 +1,464 @@
-//! The poll in progress on this thread.
+//! The managed poll in progress on each thread.
 //!
-//! The wrapper publishes when its poll started, for whom, and how long a
-//! slice the task has. Two readers:
-//! - [`checkpoint`](crate::checkpoint), on the same thread, decides whether
-//!   to give way (a thread-local `Cell`, plain data, nothing to dangle);
-//! - the watchdog, on its own thread, looks for polls that have run too
-//!   long. For it each thread that polls managed tasks owns a [`ThreadSlot`]
-//!   of atomics, registered once per thread, written with two relaxed stores
-//!   per poll and read without ever stopping the poller.
+//! Every thread that polls managed futures owns a [`ThreadSlot`], made
+//! once per thread and listed for the engines' tickers. A poll writes into
+//! it when it starts (which task, which engine's ticker, the tick it
+//! started at) and when it ends; nothing else, and no other thread writes
+//! those words. Three readers:
+//! - [`checkpoint`](crate::checkpoint), on the same thread, asks whether
+//!   the current poll has used its slice;
+//! - the ticker of the poll's engine, on its own thread, notes when it
+//!   first saw each poll running (the start of what the poll is charged)
+//!   and whether it is still the same poll a tick later (a long one);
+//! - the watchdog, run by the ticker, reports polls that run too long.
 
-use std::cell::{Cell, OnceCell};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, Weak};
 
-/// The managed poll running on this thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CurrentPoll {
-    /// Clock reading at poll start; 0 when no managed poll is running.
-    pub start_ns: u64,
-    /// How long the task may run in this poll before `checkpoint` yields.
-    pub slice_ns: u64,
-    /// The task being polled.
-    pub task_id: u64,
-    /// The `Pulse` managing it.
-    pub pulse_id: u64,
-}
+use crossbeam_utils::CachePadded;
 
-impl CurrentPoll {
-    const NONE: CurrentPoll = CurrentPoll {
-        start_ns: 0,
-        slice_ns: 0,
-        task_id: 0,
-        pulse_id: 0,
-    };
-}
+use crate::sync::{AtomicPtr, AtomicU64, fence, lock};
+use crate::task::TaskShared;
+use crate::ticker::{Tick, Ticker};
+use crate::timing::schedstat::{SchedStat, SchedStatFile};
 
-/// What the watchdog can see of one thread's current managed poll.
+/// What the ticker can see of one thread's managed polls.
+///
+/// The poll words are a seqlock: `seq` is odd while a poll runs. A poll
+/// writes the task, the ticker and the start, then the odd `seq` with
+/// `Release`; it ends with the next even `seq` and a `Release` fence, so
+/// that the next poll's words cannot be seen before it. A reader loads
+/// `seq` with `Acquire`, the words, then (after an `Acquire` fence) `seq`
+/// again, and trusts the words only if both loads agree and are odd. On
+/// x86-64 none of these orderings costs an instruction: they only keep the
+/// compiler from reordering. The `loom` model below checks the protocol.
 #[derive(Debug)]
 pub(crate) struct ThreadSlot {
-    start_ns: AtomicU64,
-    task_id: AtomicU64,
-    pulse_id: AtomicU64,
-    /// The start stamp of the poll last reported stuck, so that a poll is
-    /// reported once however long it runs. Written by the watchdog only.
-    pub reported_start_ns: AtomicU64,
+    poll: CachePadded<PollWords>,
+    seen: CachePadded<Sightings>,
+    /// The thread's name, for reports.
     pub thread_name: Option<String>,
+    /// The thread's kernel id (Linux), for reading its scheduler figures.
+    pub tid: i32,
+    /// The thread's own scheduler figures, opened at its first long poll;
+    /// used by that thread only.
+    own_figures: std::sync::OnceLock<Option<SchedStatFile>>,
 }
 
-impl ThreadSlot {
-    /// A consistent reading of the slot, or `None` if no managed poll is
-    /// running (or one ended or began while it was read).
-    pub(crate) fn read(&self) -> Option<CurrentPoll> {
-        let start_ns = self.start_ns.load(Relaxed);
-        if start_ns == 0 {
+#[derive(Debug)]
+struct PollWords {
+    seq: AtomicU64,
+    /// The task polled: readable only through [`inspect`].
+    task: AtomicPtr<TaskShared>,
+    /// The ticker of the engine managing the task: names the engine.
+    ticker: AtomicPtr<Ticker>,
+    /// The tick count at the poll's start, shifted left once; the low bit
+    /// says the task is at `Yield` or above (its slice is shorter).
+    start: AtomicU64,
+}
+
+/// What the ticker of the poll's engine noted about the thread's current
+/// poll: when it first saw it running, and the thread's scheduler figures
+/// then (when ticks are coarse, and any poll seen running may turn out
+/// long) or when it saw it again a tick later (when ticks are fine, and
+/// only a poll seen twice can be long enough to be charged). Written by
+/// tickers (one at a time, under `writer`), read by the poll itself when it
+/// ends and by the watchdog, as a seqlock on `seq` (0 while being written).
+#[derive(Debug, Default)]
+pub(crate) struct Sightings {
+    writer: std::sync::atomic::AtomicBool,
+    seq: std::sync::atomic::AtomicU64,
+    first_ns: std::sync::atomic::AtomicU64,
+    /// 0: no figures yet.
+    stamp_ns: std::sync::atomic::AtomicU64,
+    stamp_cpu_ns: std::sync::atomic::AtomicU64,
+    stamp_delay_ns: std::sync::atomic::AtomicU64,
+    /// The poll last reported stuck, so that a poll is reported once.
+    pub reported_seq: std::sync::atomic::AtomicU64,
+}
+
+/// What a ticker noted about one poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sighting {
+    /// When the poll was first seen running.
+    pub first_ns: u64,
+    /// When it was seen again, and its thread's scheduler figures then.
+    pub stamp: Option<(u64, SchedStat)>,
+}
+
+impl Sightings {
+    /// What was noted about poll `seq`, if anything.
+    pub(crate) fn of(&self, seq: u64) -> Option<Sighting> {
+        use std::sync::atomic::{Ordering::Acquire, fence};
+        if self.seq.load(Acquire) != seq {
             return None;
         }
-        let task_id = self.task_id.load(Relaxed);
-        let pulse_id = self.pulse_id.load(Relaxed);
-        // Seqlock-style: if the start stamp changed, the ids may belong to
-        // another poll. A changed stamp means that poll was short anyway.
-        (self.start_ns.load(Relaxed) == start_ns).then_some(CurrentPoll {
-            start_ns,
-            slice_ns: 0,
-            task_id,
-            pulse_id,
+        let first_ns = self.first_ns.load(Relaxed);
+        let stamp_ns = self.stamp_ns.load(Relaxed);
+        let stamp = SchedStat {
+            cpu_ns: self.stamp_cpu_ns.load(Relaxed),
+            delay_ns: self.stamp_delay_ns.load(Relaxed),
+        };
+        fence(Acquire);
+        (self.seq.load(Relaxed) == seq).then_some(Sighting {
+            first_ns,
+            stamp: (stamp_ns != 0).then_some((stamp_ns, stamp)),
         })
     }
 
-    /// Publishes `poll` (or "no poll" when its start is 0). `replacing`
-    /// says whether a poll was published before: only then must the start
-    /// be cleared first, so that a reader never pairs the old start with
-    /// the new ids.
-    #[inline]
-    fn publish(&self, poll: &CurrentPoll, replacing: bool) {
-        if replacing {
-            self.start_ns.store(0, Relaxed);
+    /// Notes that poll `seq` is running at `now_ns`: the first time, when,
+    /// and (if `stamp_first`) the thread's scheduler figures from
+    /// `figures`; the next time, those figures if not taken yet. Returns
+    /// what is noted now.
+    pub(crate) fn see(
+        &self,
+        seq: u64,
+        now_ns: u64,
+        stamp_first: bool,
+        figures: impl FnOnce() -> Option<SchedStat>,
+    ) -> Sighting {
+        let known = self.of(seq);
+        if let Some(k) = known.filter(|k| k.stamp.is_some()) {
+            return k;
         }
-        if poll.start_ns == 0 {
-            return;
+        let mut noted = known.unwrap_or(Sighting {
+            first_ns: now_ns,
+            stamp: None,
+        });
+        if known.is_some() || stamp_first {
+            noted.stamp = figures().map(|f| (now_ns, f));
         }
-        self.task_id.store(poll.task_id, Relaxed);
-        self.pulse_id.store(poll.pulse_id, Relaxed);
-        self.start_ns.store(poll.start_ns, Relaxed);
+        self.write(seq, noted);
+        noted
+    }
+
+    fn write(&self, seq: u64, s: Sighting) {
+        use std::sync::atomic::{
+            Ordering::{Acquire, Release},
+            fence,
+        };
+        if self.writer.swap(true, Acquire) {
+            return; // another engine's ticker is writing: next tick
+        }
+        self.seq.store(0, Relaxed);
+        fence(Release);
+        self.first_ns.store(s.first_ns, Relaxed);
+        let (stamp_ns, figures) = s.stamp.unwrap_or_default();
+        self.stamp_ns.store(stamp_ns, Relaxed);
+        self.stamp_cpu_ns.store(figures.cpu_ns, Relaxed);
+        self.stamp_delay_ns.store(figures.delay_ns, Relaxed);
+        self.seq.store(seq, Release);
+        self.writer.store(false, Release);
     }
 }
 
-struct ThreadContext {
-    current: Cell<CurrentPoll>,
-    slot: OnceCell<Arc<ThreadSlot>>,
+/// A consistent reading of a slot: the poll running on its thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Running {
+    pub seq: u64,
+    /// The task polled; dereference it only through [`inspect`].
+    pub task: *const TaskShared,
+    pub ticker: *const Ticker,
+    pub start: u64,
+}
+
+impl ThreadSlot {
+    fn new(thread_name: Option<String>, tid: i32) -> Self {
+        ThreadSlot {
+            poll: CachePadded::new(PollWords {
+                seq: AtomicU64::new(0),
+                task: AtomicPtr::new(ptr::null_mut()),
+                ticker: AtomicPtr::new(ptr::null_mut()),
+                start: AtomicU64::new(0),
+            }),
+            seen: CachePadded::new(Sightings::default()),
+            thread_name,
+            tid,
+            own_figures: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The scheduler's figures for this slot's thread, read by that
+    /// thread itself (after a long poll); `None` off Linux.
+    pub(crate) fn own_figures(&self) -> Option<SchedStat> {
+        self.own_figures
+            .get_or_init(SchedStatFile::current_thread)
+            .as_ref()?
+            .read()
+    }
+
+    /// The poll running on the slot's thread, if any (and if it did not
+    /// start or end while it was read: such a poll was short, and the next
+    /// reading will do).
+    pub(crate) fn read(&self) -> Option<Running> {
+        let w = &self.poll;
+        let seq = w.seq.load(Acquire);
+        if seq % 2 == 0 {
+            return None;
+        }
+        let running = Running {
+            seq,
+            task: w.task.load(Relaxed),
+            ticker: w.ticker.load(Relaxed),
+            start: w.start.load(Relaxed),
+        };
+        fence(Acquire);
+        (w.seq.load(Relaxed) == seq).then_some(running)
+    }
+
+    /// The poll words' sequence number (for activity tracking).
+    pub(crate) fn seq(&self) -> u64 {
+        self.poll.seq.load(Relaxed)
+    }
+
+    /// The ticker that polled last on this thread.
+    pub(crate) fn last_ticker(&self) -> *const Ticker {
+        self.poll.ticker.load(Relaxed)
+    }
+
+    pub(crate) fn sightings(&self) -> &Sightings {
+        &self.seen
+    }
+
+    /// Publishes a poll that starts, unless one is running already on this
+    /// thread (managed futures nest: a managed request inside a managed
+    /// task): then the outer poll stays published, the one that holds the
+    /// thread, and `None` is returned. Else returns the poll's sequence
+    /// number.
+    #[inline(always)]
+    fn start(&self, task: *const TaskShared, ticker: *const Ticker, start: u64) -> Option<u64> {
+        let w = &self.poll;
+        let seq = w.seq.load(Relaxed);
+        if seq % 2 == 1 {
+            return None;
+        }
+        w.task.store(task.cast_mut(), Relaxed);
+        w.ticker.store(ticker.cast_mut(), Relaxed);
+        w.start.store(start, Relaxed);
+        w.seq.store(seq + 1, Release);
+        Some(seq + 1)
+    }
+
+    /// Ends the poll published with `seq`.
+    #[inline(always)]
+    fn end(&self, seq: u64) {
+        self.poll.seq.store(seq + 1, Relaxed);
+        fence(Release);
+    }
+}
+
+/// The poll running on this thread, as `checkpoint` needs it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CurrentPoll {
+    /// The engine's ticker: alive while the poll runs.
+    pub ticker: *const Ticker,
+    /// The tick the poll started at.
+    pub start: Tick,
+    /// The task is at `Yield` or above.
+    pub yield_slice: bool,
 }
 
 thread_local! {
-    static CONTEXT: ThreadContext = const {
-        ThreadContext {
-            current: Cell::new(CurrentPoll::NONE),
-            slot: OnceCell::new(),
-        }
-    };
+    /// This thread's slot, or null before the first managed poll (and
+    /// after the thread's `OWNER` is gone). No destructor: readable during
+    /// any other thread-local's destruction.
+    static SLOT: Cell<*const ThreadSlot> = const { Cell::new(ptr::null()) };
+    /// Keeps this thread's slot alive until the thread exits.
+    static OWNER: Owner = const { Owner(Cell::new(None)) };
 }
 
-/// Every thread that has polled a managed task, for the watchdog.
+struct Owner(Cell<Option<Arc<ThreadSlot>>>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = SLOT.try_with(|s| s.set(ptr::null()));
+        drop(self.0.take());
+    }
+}
+
+/// Every thread that has polled a managed task, for the tickers.
 static SLOTS: Mutex<Vec<Weak<ThreadSlot>>> = Mutex::new(Vec::new());
 
-fn register_slot() -> Arc<ThreadSlot> {
-    let slot = Arc::new(ThreadSlot {
-        start_ns: AtomicU64::new(0),
-        task_id: AtomicU64::new(0),
-        pulse_id: AtomicU64::new(0),
-        reported_start_ns: AtomicU64::new(0),
-        thread_name: std::thread::current().name().map(str::to_owned),
-    });
-    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+/// This thread's slot, registering it on first use; `None` while the
+/// thread exits.
+#[inline(always)]
+fn slot() -> Option<&'static ThreadSlot> {
+    let p = SLOT.try_with(Cell::get).unwrap_or(ptr::null());
+    if p.is_null() {
+        return register();
+    }
+    // SAFETY: `SLOT` holds a pointer into the `Arc` that this thread's
+    // `OWNER` keeps alive, and `OWNER`'s destructor clears `SLOT` before
+    // releasing it; the slot is only used on this thread, within the call
+    // that read the pointer.
+    Some(unsafe { &*p })
+}
+
+#[cold]
+#[inline(never)]
+fn register() -> Option<&'static ThreadSlot> {
+    let slot = Arc::new(ThreadSlot::new(
+        std::thread::current().name().map(str::to_owned),
+        crate::timing::schedstat::current_tid(),
+    ));
+    let p = Arc::as_ptr(&slot);
+    OWNER.try_with(|o| o.0.set(Some(Arc::clone(&slot)))).ok()?;
+    SLOT.try_with(|s| s.set(p)).ok()?;
+    let mut slots = lock(&SLOTS);
     slots.retain(|s| s.strong_count() > 0);
     slots.push(Arc::downgrade(&slot));
-    slot
+    drop(slots);
+    // SAFETY: as in `slot`: `OWNER` now holds the `Arc`.
+    Some(unsafe { &*p })
 }
 
 /// Calls `f` with each live thread slot.
 pub(crate) fn for_each_slot(mut f: impl FnMut(&ThreadSlot)) {
-    let slots: Vec<Arc<ThreadSlot>> = {
-        let slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-        slots.iter().filter_map(Weak::upgrade).collect()
-    };
-    slots.iter().for_each(|s| f(s));
+    let slots = lock(&SLOTS);
+    for slot in slots.iter().filter_map(Weak::upgrade) {
+        f(&slot);
+    }
 }
 
 /// The managed poll running on this thread, if any.
 #[inline]
 pub(crate) fn current() -> Option<CurrentPoll> {
-    let cur = CONTEXT
-        .try_with(|c| c.current.get())
-        .unwrap_or(CurrentPoll::NONE);
-    (cur.start_ns != 0).then_some(cur)
+    let p = SLOT.try_with(Cell::get).unwrap_or(ptr::null());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as in `slot`.
+    let w = unsafe { &(*p).poll };
+    if w.seq.load(Relaxed) % 2 == 0 {
+        return None;
+    }
+    let start = w.start.load(Relaxed);
+    Some(CurrentPoll {
+        ticker: w.ticker.load(Relaxed),
+        start: Tick::from_count(start >> 1),
+        yield_slice: start & 1 == 1,
+    })
 }
 
-/// Marks a managed poll as running until dropped; restores the enclosing
-/// one (managed futures nest, e.g. a managed request inside a managed task),
-/// also when the poll panics.
+/// Marks a managed poll as running until dropped, also when the poll
+/// panics. A poll nested in another managed poll on the same thread is not
+/// published: the outer one is, as the poll that holds the thread.
 pub(crate) struct PollScope {
-    outer: CurrentPoll,
+    /// The slot and the poll's sequence number in it, if published.
+    published: Option<(&'static ThreadSlot, u64)>,
 }
 
 impl PollScope {
-    #[inline]
-    pub(crate) fn enter(poll: CurrentPoll) -> PollScope {
-        let outer = CONTEXT
-            .try_with(|c| {
-                let outer = c.current.replace(poll);
-                c.slot
-                    .get_or_init(register_slot)
-                    .publish(&poll, outer.start_ns != 0);
-                outer
-            })
-            .unwrap_or(CurrentPoll::NONE);
-        PollScope { outer }
+    #[inline(always)]
+    pub(crate) fn enter(
+        task: &TaskShared,
+        ticker: &Ticker,
+        start: Tick,
+        yield_slice: bool,
+    ) -> PollScope {
+        let published = slot().and_then(|slot| {
+            let seq = slot.start(task, ticker, start.count() << 1 | u64::from(yield_slice))?;
+            Some((slot, seq))
+        });
+        PollScope { published }
+    }
+
+    /// The poll's slot and sequence number in it, if it was published.
+    pub(crate) fn slot(&self) -> Option<(&'static ThreadSlot, u64)> {
+        self.published
     }
 }
 
 impl Drop for PollScope {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        let _ = CONTEXT.try_with(|c| {
-            c.current.set(self.outer);
-            if let Some(slot) = c.slot.get() {
-                slot.publish(&self.outer, true);
+        if let Some((slot, seq)) = self.published {
+            slot.end(seq);
+        }
+    }
+}
+
+/// The task a ticker is inspecting now (its address), or 0; see [`inspect`].
+static INSPECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One inspection at a time, process-wide (each engine has its ticker).
+static INSPECTOR: Mutex<()> = Mutex::new(());
+
+/// Runs `f` on the task of `poll`, found running in `slot`, if that poll is
+/// still running: a ticker's way to a task it saw in a slot, registered or
+/// not (a task registers at its first `Pending`; see `registry`).
+///
+/// A poll in progress keeps its task alive, but it may end, and its task
+/// be freed, at any moment after the slot was read. So the inspector
+/// first announces the task it is about to read, then checks the poll
+/// still runs; a task's memory, before it is freed, waits out any
+/// announcement of it ([`before_free`]). With a sequentially consistent
+/// fence on both sides, either the inspector sees the poll ended, or the
+/// freeing thread sees the announcement: never neither. The fence costs the
+/// freeing side once per task, the inspecting side once per inspection.
+pub(crate) fn inspect<R>(
+    slot: &ThreadSlot,
+    poll: Running,
+    f: impl FnOnce(&TaskShared) -> R,
+) -> Option<R> {
+    use std::sync::atomic::{Ordering::SeqCst, fence};
+    let _one_at_a_time = lock(&INSPECTOR);
+    INSPECTING.store(poll.task as usize, SeqCst);
+    fence(SeqCst);
+    let out = (slot.seq() == poll.seq).then(|| {
+        // SAFETY: the poll was still running after the announcement, so
+        // the task was alive then, and `before_free` keeps it alive until
+        // the announcement is withdrawn below.
+        f(unsafe { &*poll.task })
+    });
+    INSPECTING.store(0, SeqCst);
+    out
+}
+
+/// Called just before a task's memory is freed: waits while a ticker is
+/// inspecting it (a few microseconds at most).
+pub(crate) fn before_free(task: &TaskShared) {
+    use std::sync::atomic::{Ordering::SeqCst, fence};
+    fence(SeqCst);
+    let me = std::ptr::from_ref(task) as usize;
+    while INSPECTING.load(SeqCst) == me {
+        std::hint::spin_loop();
+    }
+}
+
+/// Model check of the slot protocol: `RUSTFLAGS="--cfg pulse_loom" cargo
+/// test --lib --release loom`.
+#[cfg(all(test, pulse_loom))]
+mod loom_models {
+    use super::*;
+    use loom::thread;
+
+    /// While a thread ends one poll and starts the next, a reader sees
+    /// either poll whole, or nothing: never one poll's sequence number
+    /// with another's task.
+    #[test]
+    fn loom_a_slot_reading_never_mixes_two_polls() {
+        loom::model(|| {
+            let slot = Arc::new(ThreadSlot::new(None, 0));
+            let (a, b) = (
+                ptr::dangling::<TaskShared>(),
+                ptr::dangling::<TaskShared>().wrapping_add(1),
+            );
+            let first = slot.start(a, ptr::null(), 10).unwrap();
+            let writer = {
+                let slot = slot.clone();
+                thread::spawn(move || {
+                    slot.end(first);
+                    slot.start(b, ptr::null(), 20);
+                })
+            };
+            if let Some(seen) = slot.read() {
+                let expected = if seen.seq == first { (a, 10) } else { (b, 20) };
+                assert_eq!((seen.task, seen.start), expected, "{seen:?}");
             }
+            writer.join().unwrap();
         });
     }
 }

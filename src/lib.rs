@@ -60,7 +60,7 @@
 //!
 //! Per poll of a well-behaved managed task: two TSC reads and a few relaxed
 //! atomic loads and stores on the task's own state; no allocation, lock or
-//! map lookup. Thread CPU time (a ~200 ns syscall-class read) is only read
+//! map lookup. Thread CPU time (a system call) is only read
 //! around polls of tasks already at `Warn` or above.
 //!
 //! # Seeing it in a service
@@ -86,18 +86,23 @@ mod budget;
 mod checkpoint;
 mod config;
 mod context;
+mod engine;
+mod fault;
+mod histogram;
 mod hooks;
 #[cfg(any(feature = "metrics", feature = "tower"))]
 mod integrations;
 mod isolation;
 mod managed;
 mod observe;
+mod origins;
 mod pulse;
 mod registry;
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 mod runtime_hooks;
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 mod runtime_tasks;
+mod sharded;
 mod slow_lane;
 mod snapshot;
 mod stack;
@@ -105,30 +110,37 @@ mod stats;
 mod sync;
 mod task;
 mod task_core;
+mod ticker;
 mod tier;
 mod timing;
 mod watchdog;
 
-#[cfg(feature = "bench-internals")]
+/// Crate-private hot-path operations, public for the criterion benches
+/// only: built with `RUSTFLAGS="--cfg pulse_bench"`, never by a dependent
+/// crate's normal build. Not API.
+#[cfg(pulse_bench)]
 #[doc(hidden)]
 pub mod bench_internals;
 
 pub use checkpoint::{Checkpoint, checkpoint};
-pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder};
+pub use config::{ConfigError, DEFAULT_WATCHDOG_THRESHOLD, Profile, PulseBuilder, Timing};
+pub use engine::{Component, Health};
+pub use histogram::PollHistogram;
 pub use hooks::{PollReport, PreemptionHooks};
 #[cfg(feature = "metrics")]
-pub use integrations::metrics::{MetricsPublisher, PublisherHandle};
+pub use integrations::metrics::{MetricsPublisher, PublisherError, PublisherHandle};
 #[cfg(feature = "tower")]
-pub use integrations::tower::{Fixed, NameRequest, PulseLayer, PulseService};
+pub use integrations::tower::{Fixed, Isolating, Local, NameRequest, PulseLayer, PulseService};
 pub use isolation::IsolationPriority;
 pub use managed::Managed;
-pub use pulse::{Pulse, PulseExt};
+pub use origins::{Origin, OriginSnapshot};
+pub use pulse::{Pulse, PulseExt, SetDefaultError, spawn, spawn_named};
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 pub use runtime_hooks::RuntimeHooks;
 pub use snapshot::{Snapshot, StuckPoll, TaskSnapshot};
-pub use stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, PollHistogram, Totals};
+pub use stats::Totals;
 pub use task::{TaskId, TaskInfo};
-pub use tier::Tier;
+pub use tier::{PerTier, Tier};
 
 #[cfg(all(feature = "runtime-hooks", not(tokio_unstable)))]
 compile_error!(

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::origins::OriginChange;
 use crate::task::TaskShared;
 use crate::tier::TierChange;
 
@@ -65,31 +66,9 @@ pub(crate) struct ChangeCause {
     pub cpu_ns: Option<u64>,
 }
 
+/// Emits the event of one tier change. `tokio_id` is set for a task
+/// observed through the runtime hooks.
 pub(crate) fn tier_changed(
-    shared: &TaskShared,
-    change: TierChange,
-    cause: ChangeCause,
-    limiter: &RateLimiter,
-    now_ns: u64,
-) {
-    emit(shared, None, change, cause, limiter, now_ns);
-}
-
-/// A tier change of a task observed through the runtime hooks: the same
-/// event, with the task's Tokio id.
-#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
-pub(crate) fn runtime_tier_changed(
-    shared: &TaskShared,
-    tokio_id: tokio::task::Id,
-    change: TierChange,
-    cause: ChangeCause,
-    limiter: &RateLimiter,
-    now_ns: u64,
-) {
-    emit(shared, Some(tokio_id), change, cause, limiter, now_ns);
-}
-
-fn emit(
     shared: &TaskShared,
     tokio_id: Option<tokio::task::Id>,
     change: TierChange,
@@ -133,6 +112,33 @@ fn emit(
             tier = change.to.as_str(),
             from = change.from.as_str(),
             "task demoted to {to} after behaving",
+        );
+    }
+}
+
+/// Emits the event of an origin's change of starting tier: a warning when
+/// its tasks will start higher (rate-limited with the tier warnings), an
+/// `info` when they will start lower.
+pub(crate) fn origin_changed(c: &OriginChange, limiter: &RateLimiter, now_ns: u64) {
+    let (origin, to, offenders) = (&c.origin, c.change.to, c.offenders);
+    if c.change.to > c.change.from {
+        if !limiter.allow(now_ns) {
+            return;
+        }
+        tracing::warn!(
+            origin = %origin,
+            tier = to.as_str(),
+            from = c.change.from.as_str(),
+            offenders,
+            "new tasks from {origin} now start at {to}: {offenders} of its tasks misbehaved",
+        );
+    } else {
+        tracing::info!(
+            origin = %origin,
+            tier = to.as_str(),
+            from = c.change.from.as_str(),
+            offenders,
+            "new tasks from {origin} now start at {to} after its tasks behaved",
         );
     }
 }

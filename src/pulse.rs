@@ -1,71 +1,21 @@
-//! The user's handle: spawning managed tasks, snapshots, hooks.
+//! The user's handle: spawning managed tasks, snapshots, hooks. A thin
+//! `Arc` over the [`Engine`], where all the work is done.
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinHandle;
 
-use arc_swap::ArcSwap;
-
-use crate::config::{Config, ConfigError, PulseBuilder};
-use crate::hooks::{HookSlot, PreemptionHooks};
-use crate::isolation::{IsolationPool, Isolator, isolator};
-use crate::managed::Managed;
-use crate::observe::RateLimiter;
-use crate::registry::Registry;
-use crate::slow_lane::SlowLane;
-use crate::snapshot::{Snapshot, TaskSnapshot};
-use crate::stats::{PulseStats, Totals};
+use crate::config::{ConfigError, PulseBuilder};
+use crate::engine::{Engine, Health};
+use crate::hooks::PreemptionHooks;
+use crate::managed::{Isolator, Managed, isolator};
+use crate::snapshot::Snapshot;
+use crate::stats::Totals;
 use crate::task::TaskShared;
-use crate::timing::{as_nanos, clock};
-use crate::watchdog;
-
-/// State shared by a `Pulse`, its clones, and every task it manages.
-#[derive(Debug)]
-pub(crate) struct PulseShared {
-    /// Distinguishes this `Pulse`'s polls in the per-thread slots.
-    pub id: u64,
-    /// The configuration in force; replaced whole by `reconfigure`.
-    pub config: ArcSwap<Config>,
-    /// Bumped after each `reconfigure`; a task compares it with the
-    /// generation its cached policy came from (one relaxed load per poll).
-    pub generation: AtomicU64,
-    pub registry: Registry,
-    pub hooks: HookSlot,
-    pub warnings: RateLimiter,
-    pub stats: PulseStats,
-    pub lane: SlowLane,
-    /// Held through `reconfigure`, so that concurrent calls apply one whole
-    /// configuration after the other: the slow lane's and the warning
-    /// limiter's settings are stored apart from the configuration itself.
-    reconfiguring: Mutex<()>,
-    /// Started when the first task is isolated; `None` inside if it could
-    /// not start, and isolation is then off.
-    pool: OnceLock<Option<IsolationPool>>,
-    /// Tasks observed through Tokio's task hooks, not managed.
-    #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
-    pub runtime: crate::runtime_tasks::RuntimeTasks,
-}
-
-impl PulseShared {
-    /// The isolation pool, started on first use.
-    pub(crate) fn isolation_pool(&self) -> Option<&IsolationPool> {
-        self.pool
-            .get_or_init(|| {
-                let config = self.config.load();
-                let i = &config.interventions;
-                IsolationPool::start(i.isolation_threads, i.isolation_priority)
-                    .inspect_err(|e| {
-                        tracing::error!(error = %e, "tokio-pulse: could not start the isolation pool; isolated tasks stay in the slow lane");
-                    })
-                    .ok()
-            })
-            .as_ref()
-    }
-}
 
 /// Manages tasks: measures their polls, classifies them into [`Tier`](crate::Tier)s, and
 /// intervenes against the ones that hog their workers.
@@ -87,7 +37,19 @@ impl PulseShared {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Pulse {
-    pub(crate) shared: Arc<PulseShared>,
+    engine: Arc<Engine>,
+}
+
+impl PulseBuilder {
+    /// Validates the configuration and creates the [`Pulse`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first value that breaks a rule.
+    pub fn build(self) -> Result<Pulse, ConfigError> {
+        Ok(Pulse {
+            engine: Engine::start(self.config()?),
+        })
+    }
 }
 
 impl Pulse {
@@ -98,40 +60,14 @@ impl Pulse {
 
     /// A `Pulse` with the default configuration.
     pub fn new() -> Pulse {
-        Pulse::from_config(Config::default())
+        Pulse {
+            engine: Engine::start(crate::config::Config::default()),
+        }
     }
 
-    pub(crate) fn from_config(config: Config) -> Pulse {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        // Calibrate the clock now rather than inside the first poll.
-        clock();
-        let quantum_ns = lane_quantum_ns(&config);
-        let shared = Arc::new(PulseShared {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            warnings: RateLimiter::new(config.max_warnings_per_second),
-            lane: SlowLane::new(config.interventions.slow_lane_slots, quantum_ns),
-            #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
-            runtime: crate::runtime_tasks::RuntimeTasks::new(&config),
-            registry: Registry::new(),
-            hooks: HookSlot::new(),
-            stats: PulseStats::default(),
-            pool: OnceLock::new(),
-            reconfiguring: Mutex::new(()),
-            generation: AtomicU64::new(0),
-            config: ArcSwap::from_pointee(config),
-        });
-        if shared
-            .config
-            .load()
-            .interventions
-            .watchdog_threshold
-            .is_some()
-        {
-            if let Err(e) = watchdog::start(Arc::downgrade(&shared)) {
-                tracing::error!(error = %e, "tokio-pulse: could not start the watchdog thread; stuck polls will not be reported");
-            }
-        }
-        Pulse { shared }
+    #[cfg(feature = "metrics")]
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Spawns `future` as a managed task on the current Tokio runtime.
@@ -174,37 +110,29 @@ impl Pulse {
         future: F,
         isolator: Option<Isolator<F>>,
     ) -> Managed<F> {
-        let task = Arc::new(TaskShared::new(name, location));
-        Managed::new(Arc::clone(&self.shared), task, future, isolator)
+        let task = TaskShared::new(name, location);
+        Managed::new(Arc::clone(&self.engine), task, future, isolator)
     }
 
-    /// The state of every live managed task. Takes each registry shard's
-    /// lock briefly; never blocks the poll path.
+    /// The state of the live managed tasks (those that have returned
+    /// `Pending` at least once: see [`Snapshot::tasks`]). Takes each
+    /// registry shard's lock briefly; never blocks the poll path.
     pub fn snapshot(&self) -> Snapshot {
-        let mut snapshot = Snapshot::default();
-        self.shared.registry.for_each(|task| {
-            let t = TaskSnapshot::of(task);
-            snapshot.tier_counts[t.tier.index()] += 1;
-            snapshot.tasks.push(t);
-        });
-        if let Some(threshold) = self.shared.config.load().interventions.watchdog_threshold {
-            snapshot.stuck = watchdog::running_polls(&self.shared, threshold);
-        }
-        #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
-        self.shared.runtime.snapshot_into(&mut snapshot);
-        snapshot
+        self.engine.snapshot()
     }
 
     /// What all managed tasks, live and ended, have done since this `Pulse`
     /// was built: polls, poll-time histogram, promotions and demotions.
     /// Cheaper than [`snapshot`](Pulse::snapshot): nothing is allocated per task.
     pub fn totals(&self) -> Totals {
-        let mut live = Vec::new();
-        self.shared.registry.for_each(|t| live.push(t.counters()));
-        let mut totals = self.shared.stats.totals(live);
-        totals.slow_lane_waiting = self.shared.lane.queue_depth();
-        totals.slow_lane_running = self.shared.lane.running();
-        totals
+        self.engine.totals()
+    }
+
+    /// Whether the watchdog and the isolation pool, which run on threads
+    /// of their own, are up. See [`Health`] for what is lost when the OS
+    /// refused one of them its threads.
+    pub fn health(&self) -> Health {
+        self.engine.health()
     }
 
     /// Replaces the configuration while tasks run.
@@ -234,40 +162,13 @@ impl Pulse {
     /// A [`ConfigError`] for an invalid value or a change that cannot be
     /// made while running.
     pub fn reconfigure(&self, builder: PulseBuilder) -> Result<(), ConfigError> {
-        let new = builder.config()?;
-        let _one_at_a_time = self
-            .shared
-            .reconfiguring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let old = self.shared.config.load();
-        let (o, n) = (&old.interventions, &new.interventions);
-        if o.isolation_threads != n.isolation_threads {
-            return Err(ConfigError::NotReloadable {
-                field: "isolation_threads",
-            });
-        }
-        if o.isolation_priority != n.isolation_priority {
-            return Err(ConfigError::NotReloadable {
-                field: "isolation_priority",
-            });
-        }
-        if o.watchdog_threshold.is_some() != n.watchdog_threshold.is_some() {
-            return Err(ConfigError::NotReloadable {
-                field: "without_watchdog",
-            });
-        }
-        self.shared.lane.set_slots(n.slow_lane_slots);
-        self.shared.lane.set_quantum_ns(lane_quantum_ns(&new));
-        self.shared.warnings.set_max(new.max_warnings_per_second);
-        self.shared.config.store(Arc::new(new));
-        self.shared.generation.fetch_add(1, Ordering::Release);
-        Ok(())
+        self.engine.reconfigure(builder.config()?)
     }
 
-    /// Live managed tasks, without building a snapshot.
+    /// Live managed tasks (spawned or wrapped, and not ended), without
+    /// building a snapshot.
     pub fn task_count(&self) -> usize {
-        self.shared.registry.len()
+        self.engine.task_count()
     }
 
     /// Installs `hooks`, replacing any installed before. Callable from any
@@ -276,20 +177,29 @@ impl Pulse {
     /// go of replaced ones at its next hooked poll or when it exits, so they
     /// are dropped some time after the change, not at once.
     pub fn set_hooks(&self, hooks: Arc<dyn PreemptionHooks>) {
-        self.shared.hooks.set(hooks);
+        self.engine.hooks.set(hooks);
     }
 
     /// Removes the installed hooks, if any. Threads that called them let go
     /// of them as described at [`set_hooks`](Pulse::set_hooks).
     pub fn clear_hooks(&self) {
-        self.shared.hooks.clear();
+        self.engine.hooks.clear();
     }
 }
 
-/// Deficit round robin quantum of the slow lane: two slow-poll thresholds
-/// of poll time per turn.
-fn lane_quantum_ns(config: &Config) -> i64 {
-    i64::try_from(as_nanos(config.slow_poll_threshold).saturating_mul(2)).unwrap_or(i64::MAX)
+#[cfg(all(feature = "runtime-hooks", tokio_unstable))]
+impl Pulse {
+    /// Hooks that observe every task of a runtime; see [`RuntimeHooks`](crate::RuntimeHooks).
+    pub fn runtime_hooks(&self) -> crate::RuntimeHooks {
+        crate::runtime_hooks::RuntimeHooks::new(Arc::clone(&self.engine))
+    }
+
+    /// Like [`totals`](Pulse::totals), for the tasks observed through
+    /// [`RuntimeHooks`](crate::RuntimeHooks). A managed task's runtime task is counted here too,
+    /// charged only the time outside its managed future.
+    pub fn runtime_totals(&self) -> Totals {
+        self.engine.runtime.totals()
+    }
 }
 
 impl Default for Pulse {
@@ -301,8 +211,13 @@ impl Default for Pulse {
 /// Wraps any future so that it is managed by a [`Pulse`] while some other
 /// spawner runs it: a `LocalSet`, a `JoinSet`, `block_on`, a `select!`.
 ///
-/// Such a future may not be `Send`, so it can never move to the isolation
-/// pool: its tier is capped at [`Tier::Yield`](crate::Tier::Yield).
+/// [`pulse`](PulseExt::pulse) takes any future, `Send` or not, and never
+/// moves it: its tier is capped at [`Tier::Yield`](crate::Tier::Yield).
+/// [`pulse_send`](PulseExt::pulse_send) takes a `Send + 'static` future,
+/// which can move to the isolation pool like a task spawned with
+/// [`Pulse::spawn`]: whatever polls the wrapper (a `JoinSet`, a `select!`)
+/// then waits while the pool polls the future, and gets its output, panic
+/// or cancellation as if it had polled it itself.
 ///
 /// ```
 /// use tokio_pulse::{Pulse, PulseExt};
@@ -333,86 +248,147 @@ pub trait PulseExt: Future + Sized {
     fn pulse_named(self, pulse: &Pulse, name: impl Into<Cow<'static, str>>) -> Managed<Self> {
         pulse.manage(Some(name.into()), Location::caller(), self, None)
     }
+
+    /// Manages this `Send` future under `pulse`, able to move to the
+    /// isolation pool (up to [`Tier::Isolate`](crate::Tier::Isolate)).
+    ///
+    /// ```
+    /// use tokio_pulse::{Pulse, PulseExt};
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() {
+    /// let pulse = Pulse::new();
+    /// let mut set = tokio::task::JoinSet::new();
+    /// set.spawn(async { 6 * 7 }.pulse_send(&pulse));
+    /// assert_eq!(set.join_next().await.unwrap().unwrap(), 42);
+    /// # }
+    /// ```
+    #[track_caller]
+    fn pulse_send(self, pulse: &Pulse) -> Managed<Self>
+    where
+        Self: Send + 'static,
+        Self::Output: Send + 'static,
+    {
+        pulse.manage(None, Location::caller(), self, Some(isolator::<Self>()))
+    }
+
+    /// Like [`pulse_send`](PulseExt::pulse_send), with a name.
+    #[track_caller]
+    fn pulse_send_named(self, pulse: &Pulse, name: impl Into<Cow<'static, str>>) -> Managed<Self>
+    where
+        Self: Send + 'static,
+        Self::Output: Send + 'static,
+    {
+        pulse.manage(
+            Some(name.into()),
+            Location::caller(),
+            self,
+            Some(isolator::<Self>()),
+        )
+    }
 }
 
 impl<F: Future> PulseExt for F {}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Barrier;
-    use std::time::Duration;
+/// The process-wide default `Pulse`, used by [`spawn`] and [`spawn_named`].
+static GLOBAL_DEFAULT: OnceLock<Pulse> = OnceLock::new();
 
-    /// Rounds of two racing `reconfigure` calls.
-    const ROUNDS: usize = 10_000;
+/// [`Pulse::set_global_default`] was called when a default was set already.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetDefaultError;
 
-    /// What the slow lane and the warning limiter were told, as a config
-    /// would set them.
-    fn pulse_wide_settings(shared: &PulseShared) -> (usize, i64, u32) {
-        (
-            shared.lane.slots(),
-            shared.lane.quantum_ns(),
-            shared.warnings.max(),
+impl std::fmt::Display for SetDefaultError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "a global default Pulse is already set; `Pulse::set_global_default` succeeds once per process",
         )
     }
+}
 
-    fn expected_settings(config: &Config) -> (usize, i64, u32) {
-        (
-            config.interventions.slow_lane_slots,
-            lane_quantum_ns(config),
-            config.max_warnings_per_second,
-        )
+impl std::error::Error for SetDefaultError {}
+
+impl Pulse {
+    /// Makes this `Pulse` (a clone of the handle) the process-wide default
+    /// that [`tokio_pulse::spawn`](spawn) and [`spawn_named`] use. Call it
+    /// once, at start-up, before the first spawn.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let pulse = tokio_pulse::Pulse::new();
+    /// pulse.set_global_default().expect("set once");
+    /// // Anywhere in the program, where `tokio::spawn` was:
+    /// let answer = tokio_pulse::spawn(async { 6 * 7 });
+    /// assert_eq!(answer.await.unwrap(), 42);
+    /// assert_eq!(pulse.totals().tasks_spawned, 1);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SetDefaultError`] if a default was set before; it stays in place.
+    pub fn set_global_default(&self) -> Result<(), SetDefaultError> {
+        let mut ours = Some(self.clone());
+        GLOBAL_DEFAULT.get_or_init(|| ours.take().expect("taken once"));
+        match ours {
+            None => Ok(()),
+            Some(_) => Err(SetDefaultError),
+        }
     }
 
-    #[test]
-    fn concurrent_reconfigures_leave_the_pulse_wide_settings_of_the_config_in_force() {
-        let a = || {
-            Pulse::builder()
-                .without_watchdog()
-                .slow_lane_slots(1)
-                .slow_poll_threshold(Duration::from_millis(1))
-                .max_warnings_per_second(10)
-        };
-        let b = || {
-            Pulse::builder()
-                .without_watchdog()
-                .slow_lane_slots(3)
-                .slow_poll_threshold(Duration::from_millis(7))
-                .max_warnings_per_second(70)
-        };
-        let pulse = a().build().unwrap();
-        let start = Barrier::new(3);
-        let done = Barrier::new(3);
-        let mut mismatches = Vec::new();
-        std::thread::scope(|s| {
-            for builder in [a, b] {
-                let (pulse, start, done) = (&pulse, &start, &done);
-                s.spawn(move || {
-                    for _ in 0..ROUNDS {
-                        start.wait();
-                        pulse.reconfigure(builder()).unwrap();
-                        done.wait();
-                    }
-                });
-            }
-            for round in 0..ROUNDS {
-                start.wait();
-                done.wait();
-                let shared = &pulse.shared;
-                let (got, want) = (
-                    pulse_wide_settings(shared),
-                    expected_settings(&shared.config.load()),
-                );
-                if got != want {
-                    mismatches.push((round, got, want));
-                }
-            }
-        });
-        assert!(
-            mismatches.is_empty(),
-            "{} of {ROUNDS} rounds left the lane and limiter (got) out of step with the config in force (want): {:?}",
-            mismatches.len(),
-            &mismatches[..mismatches.len().min(5)]
+    /// The process-wide default, if [`set_global_default`](Pulse::set_global_default)
+    /// was called.
+    pub fn global_default() -> Option<&'static Pulse> {
+        GLOBAL_DEFAULT.get()
+    }
+}
+
+/// Spawns `future` as a managed task of the global default [`Pulse`]: a
+/// drop-in replacement for [`tokio::spawn`] (same bounds, same
+/// `JoinHandle`, and it panics outside a runtime as `tokio::spawn` does).
+///
+/// With no default set (see [`Pulse::set_global_default`]) it spawns with
+/// `tokio::spawn`, unmanaged, and says so once per process with a
+/// `tracing` warning, so that a missing set-up shows without breaking
+/// anything. The caller's location is the task's spawn site.
+#[track_caller]
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Pulse::global_default() {
+        Some(pulse) => pulse.spawn(future),
+        None => spawn_unmanaged(future),
+    }
+}
+
+/// Like [`spawn`], with a name that shows in snapshots and events and that
+/// the task's behaviour is remembered by (see [`Origin`](crate::Origin)).
+#[track_caller]
+pub fn spawn_named<F>(name: impl Into<Cow<'static, str>>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Pulse::global_default() {
+        Some(pulse) => pulse.spawn_named(name, future),
+        None => spawn_unmanaged(future),
+    }
+}
+
+#[track_caller]
+fn spawn_unmanaged<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            location = %Location::caller(),
+            "tokio_pulse::spawn: no global default Pulse is set, so tasks are spawned unmanaged with tokio::spawn; call Pulse::set_global_default at start-up"
         );
     }
+    tokio::spawn(future)
 }

@@ -1,114 +1,53 @@
-//! The set of live managed tasks, for `snapshot()` and the watchdog.
+//! The set of live managed tasks, for `snapshot()`.
 //!
-//! Touched twice in a task's life (spawn and end) and by readers, never on
-//! the poll path. Sharded so that spawns on different workers rarely meet on
-//! one lock: the design document's known bottleneck was a single shared map
-//! consulted on every poll, which this is not.
+//! A task registers at its first `Pending`, not at its spawn: one that
+//! completes in its first poll (as many short tasks do) never takes a lock
+//! here at all, and the registry is touched twice in a registered task's
+//! life, never on the poll path after that. (The watchdog does not need
+//! it: it reaches a running task through the thread slot it runs in, see
+//! `context::inspect`.) It holds a plain pointer to each task's shared
+//! state, not a reference count: a task leaves the registry (under its
+//! shard's lock) before its state is freed, and readers use a task only
+//! under that lock, so they never see a freed one.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ptr::NonNull;
 
+use crate::sharded::ShardedMap;
 use crate::task::{TaskId, TaskShared};
 
-const SHARDS: usize = 32;
+/// A registered task's shared state.
+#[derive(Clone, Copy, Debug)]
+struct Entry(NonNull<TaskShared>);
 
-type Map = HashMap<TaskId, Arc<TaskShared>, BuildHasherDefault<IdHasher>>;
-type Shard = Mutex<Map>;
+// SAFETY: an `Entry` points to a `TaskShared`, which is `Sync`; it is only
+// dereferenced under its shard's lock while the task is registered (see
+// the module docs), from whichever thread holds that lock.
+unsafe impl Send for Entry {}
 
-/// Hashes a task id with one multiplication. Ids are assigned by the crate,
-/// not by an attacker, so the default SipHash's flooding resistance buys
-/// nothing here, and it was a fifth of the cost of a spawn's registration.
-/// Multiplying by 2^64/φ spreads ids over the high bits; folding them down
-/// spreads them over the low bits too, which the map takes its bucket index
-/// from (the ids of one shard share their low five bits).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Registry {
-    shards: Box<[Shard]>,
+    tasks: ShardedMap<Entry>,
 }
 
 impl Registry {
-    pub(crate) fn new() -> Self {
-        Registry {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    fn shard(&self, id: TaskId) -> MutexGuard<'_, Map> {
-        let shard = &self.shards[id.0 as usize % SHARDS];
-        // A panic while holding this lock can only come from the allocator;
-        // the map itself is never left half-updated, so poisoning is ignored.
-        shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn insert(&self, task: Arc<TaskShared>) {
-        self.shard(task.id).insert(task.id, task);
+    /// Registers `task`.
+    ///
+    /// # Safety
+    /// `task` must stay valid until [`remove`](Self::remove) is called with
+    /// its id.
+    pub(crate) unsafe fn insert(&self, task: &TaskShared) {
+        self.tasks.insert(task.id.0, Entry(NonNull::from(task)));
     }
 
     pub(crate) fn remove(&self, id: TaskId) {
-        self.shard(id).remove(&id);
+        self.tasks.remove(id.0);
     }
 
-    pub(crate) fn get(&self, id: TaskId) -> Option<Arc<TaskShared>> {
-        self.shard(id).get(&id).cloned()
-    }
-
-    /// Calls `f` on every live task, one shard locked at a time.
+    /// Calls `f` on every registered task, one shard locked at a time:
+    /// `f` must not reach the registry (a snapshot, say).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&TaskShared)) {
-        for shard in self.shards.iter() {
-            let shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            shard.values().for_each(|t| f(t));
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-    use std::hash::BuildHasher;
-
-    #[test]
-    fn one_shards_ids_spread_over_the_bucket_index_bits() {
-        let hasher = BuildHasherDefault::<IdHasher>::default();
-        let buckets: HashSet<u64> = (0..1024u64)
-            .map(|m| hasher.hash_one(TaskId(m * SHARDS as u64 + 7)) & 1023)
-            .collect();
-        // A random function fills about 63 % of 1024 buckets.
-        assert!(
-            buckets.len() > 550,
-            "only {} of 1024 buckets",
-            buckets.len()
-        );
+        // SAFETY: registered, so valid (see `insert`), and it cannot be
+        // removed while its shard's lock is held.
+        self.tasks.for_each(|e| f(unsafe { e.0.as_ref() }));
     }
 }

@@ -1,6 +1,6 @@
 //! Runtime-wide observation through Tokio's own task hooks.
 //!
-//! [`Pulse::spawn`] measures the tasks it spawns; a service's other tasks
+//! [`Pulse::spawn`](crate::Pulse::spawn) measures the tasks it spawns; a service's other tasks
 //! (the connection tasks hyper spawns, a library's background job) stay
 //! out of sight, and they hog workers too. Built with `tokio_unstable`,
 //! Tokio calls back around every task's spawn, polls and termination.
@@ -13,7 +13,7 @@
 //! Observation only: a task seen through hooks moves between `Monitor` and
 //! `Warn`, never further, because deferring, slowing down or isolating a
 //! task takes a wrapper around its future. Spawn the tasks you want handled
-//! with [`Pulse::spawn`], or wrap them with [`PulseExt`](crate::PulseExt)
+//! with [`Pulse::spawn`](crate::Pulse::spawn), or wrap them with [`PulseExt`](crate::PulseExt)
 //! (requests, with `PulseLayer`).
 //!
 //! A managed future polled inside a runtime task (the task `Pulse::spawn`
@@ -31,11 +31,9 @@
 //! relaxed stores to the task's counters. The tier state machine (behind a
 //! try-lock) only runs for polls long enough to count against the budget,
 //! or for tasks already at `Warn`. Spawning a task adds an allocation and
-//! a shard-locked insert. Example `runtime_hooks_cost` measures it; on the
-//! 2-core VM this was written on (current-thread runtime, 1000 tasks that
-//! only yield) it adds ~50 ns to each poll, against ~45 ns for a managed
-//! future's wrapper in the same run and ~2 ns for Tokio calling empty
-//! hooks.
+//! a shard-locked insert. Example `runtime_hooks_cost` measures it against
+//! a managed future's wrapper and against Tokio calling empty hooks; the
+//! figures are in BENCHMARKS.md.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -43,11 +41,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::runtime::{Builder, TaskMeta};
 
-use crate::observe::{self, ChangeCause};
-use crate::pulse::{Pulse, PulseShared};
-use crate::runtime_tasks::{KeyMap, RuntimeTask, RuntimeTasks, key_of};
-use crate::stats::Totals;
-use crate::tier::Tier;
+use crate::engine::{Engine, Scope};
+use crate::observe::ChangeCause;
+use crate::runtime_tasks::{RuntimeTask, RuntimeTasks, key_of};
+use crate::sharded::KeyMap;
+use crate::tier::{Step, Tier};
 use crate::timing::clock;
 
 thread_local! {
@@ -146,7 +144,7 @@ impl Cache {
     }
 }
 
-/// Tokio task hooks that report every task of a runtime to a [`Pulse`].
+/// Tokio task hooks that report every task of a runtime to a [`Pulse`](crate::Pulse).
 ///
 /// Needs the `runtime-hooks` feature and `RUSTFLAGS="--cfg tokio_unstable"`.
 /// [`install`](RuntimeHooks::install) sets all four of a builder's task
@@ -175,28 +173,16 @@ impl Cache {
 /// moment before the hooks have: Tokio wakes it first.
 #[derive(Clone, Debug)]
 pub struct RuntimeHooks {
-    pulse: Arc<PulseShared>,
-}
-
-impl Pulse {
-    /// Hooks that observe every task of a runtime; see [`RuntimeHooks`].
-    pub fn runtime_hooks(&self) -> RuntimeHooks {
-        RuntimeHooks {
-            pulse: Arc::clone(&self.shared),
-        }
-    }
-
-    /// Like [`totals`](Pulse::totals), for the tasks observed through
-    /// [`RuntimeHooks`]. A managed task's runtime task is counted here too,
-    /// charged only the time outside its managed future.
-    pub fn runtime_totals(&self) -> Totals {
-        self.shared.runtime.totals()
-    }
+    engine: Arc<Engine>,
 }
 
 impl RuntimeHooks {
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        RuntimeHooks { engine }
+    }
+
     fn tasks(&self) -> &RuntimeTasks {
-        &self.pulse.runtime
+        &self.engine.runtime
     }
 
     /// Sets `builder`'s task spawn, poll and terminate hooks to these.
@@ -299,7 +285,9 @@ impl RuntimeHooks {
     fn record(&self, task: &RuntimeTask, start_ns: u64, poll_ns: u64) {
         let limits = &self.tasks().policy.limits;
         let slow = poll_ns > limits.slow_poll_ns;
-        task.shared.record_poll(poll_ns, slow);
+        task.shared.count_poll();
+        task.shared.record_measured(poll_ns, poll_ns, slow);
+        self.tasks().stats.poll_measured(poll_ns);
         // Shorter polls of a task at `Monitor` cannot change its tier.
         if poll_ns >= limits.charge_floor_ns || task.shared.tier() > Tier::Monitor {
             self.judge(task, start_ns, poll_ns);
@@ -323,19 +311,16 @@ impl RuntimeHooks {
             escalation.on_poll(&tasks.policy, start_ns, end_ns),
         ];
         drop(escalation);
-        for change in changes.into_iter().flatten() {
-            task.shared.set_tier(change.to);
-            tasks.stats.tier_changed(change.from, change.to);
+        for change in changes.into_iter().flatten().filter_map(Step::change) {
             let cause = ChangeCause {
                 poll_ns,
                 cpu_ns: None,
             };
-            observe::runtime_tier_changed(
+            self.engine.tier_changed(
+                Scope::Runtime(task.tokio_id),
                 &task.shared,
-                task.tokio_id,
                 change,
                 cause,
-                &self.pulse.warnings,
                 end_ns,
             );
         }

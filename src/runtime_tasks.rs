@@ -6,19 +6,17 @@
 //! and termination and by readers; the poll path goes through a per-thread
 //! cache in front of it (see `runtime_hooks`).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::sharded::ShardedMap;
 use crate::snapshot::{Snapshot, TaskSnapshot};
 use crate::stats::{PulseStats, Totals};
 use crate::task::TaskShared;
-use crate::tier::{Escalation, EscalationPolicy, Tier};
-
-const SHARDS: usize = 32;
+use crate::tier::{Escalation, EscalationPolicy, PerTier, Tier};
 
 /// A `tokio::task::Id` as a number. Tokio does not expose one, but its `Id`
 /// hashes as the `u64` it wraps; any other hashing still yields a stable
@@ -42,32 +40,6 @@ pub(crate) fn key_of(id: tokio::task::Id) -> u64 {
     id.hash(&mut capture);
     capture.0
 }
-
-/// Hashes task keys with one multiplication: keys are unique integers, and
-/// tokio hands them out in sequence, so they only need spreading.
-#[derive(Default)]
-pub(crate) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A map from task key, hashed with [`KeyHasher`].
-pub(crate) type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
 /// One task observed through the runtime hooks.
 #[derive(Debug)]
@@ -95,7 +67,7 @@ pub(crate) struct RuntimeTask {
 pub(crate) struct RuntimeTasks {
     /// Distinguishes this set from another `Pulse`'s in per-thread caches.
     pub id: u64,
-    shards: Box<[Mutex<KeyMap<Arc<RuntimeTask>>>]>,
+    tasks: ShardedMap<Arc<RuntimeTask>>,
     pub stats: PulseStats,
     /// As for managed tasks, but capped at [`Tier::Warn`]: the stronger
     /// interventions need a wrapper around the future.
@@ -109,18 +81,11 @@ impl RuntimeTasks {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         RuntimeTasks {
             id: NEXT_ID.fetch_add(1, Relaxed),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            tasks: ShardedMap::default(),
             stats: PulseStats::default(),
             policy: config.escalation_policy(Tier::Warn),
             installed: AtomicBool::new(false),
         }
-    }
-
-    fn shard(&self, key: u64) -> MutexGuard<'_, KeyMap<Arc<RuntimeTask>>> {
-        // As in `Registry`: the map is never left half-updated by a panic.
-        self.shards[key as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a task Tokio just spawned.
@@ -134,22 +99,22 @@ impl RuntimeTasks {
             shared: TaskShared::new(None, location),
             tokio_id: id,
             owner: self.id,
-            escalation: Mutex::new(Escalation::new(now_ns)),
+            escalation: Mutex::new(Escalation::starting_at(Tier::Monitor, now_ns)),
             ended: AtomicBool::new(false),
         });
-        self.shard(key_of(id)).insert(key_of(id), task);
+        self.tasks.insert(key_of(id), task);
         self.stats.task_spawned();
     }
 
     pub(crate) fn get(&self, key: u64) -> Option<Arc<RuntimeTask>> {
-        self.shard(key).get(&key).cloned()
+        self.tasks.get(key)
     }
 
     /// Removes a terminated task, marking it ended. Its counters are folded
     /// into the totals by [`fold`](RuntimeTasks::fold), once its last poll
     /// has been recorded.
     pub(crate) fn remove(&self, key: u64) -> Option<Arc<RuntimeTask>> {
-        let task = self.shard(key).remove(&key)?;
+        let task = self.tasks.remove(key)?;
         task.ended.store(true, Relaxed);
         Some(task)
     }
@@ -161,10 +126,7 @@ impl RuntimeTasks {
 
     /// Calls `f` on every live task, one shard locked at a time.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&RuntimeTask)) {
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.values().for_each(|t| f(t));
-        }
+        self.tasks.for_each(|t| f(t));
     }
 
     /// Adds every live task to `snapshot.runtime_tasks`.
@@ -178,10 +140,10 @@ impl RuntimeTasks {
 
     /// Live tasks per tier, without building a snapshot.
     #[cfg(feature = "metrics")]
-    pub(crate) fn tier_counts(&self) -> [usize; 4] {
-        let mut counts = [0; 4];
-        self.for_each(|t| counts[t.shared.tier().index()] += 1);
-        counts
+    pub(crate) fn tier_counts(&self) -> PerTier<usize> {
+        let mut tiers = Vec::new();
+        self.for_each(|t| tiers.push(t.shared.tier()));
+        PerTier::tally(tiers)
     }
 
     pub(crate) fn totals(&self) -> Totals {

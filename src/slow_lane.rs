@@ -20,8 +20,55 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::sync::{AtomicI64, AtomicUsize, BoundedQueue, fence};
-use crate::task::TaskShared;
+use crate::sync::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, BoundedQueue, WakerSlot, fence};
+
+/// A task's place in the slow lane's wait queue, made when the task first
+/// waits there (see `TaskShared::lane`).
+///
+/// Whether the task holds an offer and whether it has ended are one atomic
+/// state changed only by read-modify-write operations, so the lane offering
+/// a slot and the wrapper being dropped at the same moment always agree on
+/// who passes the offer on (a pair of flags would need sequentially
+/// consistent store-load ordering, which the loom model showed to be
+/// fragile).
+#[derive(Debug, Default)]
+pub(crate) struct LaneEntry {
+    /// Woken when the lane has room.
+    waker: WakerSlot,
+    /// The task is in the wait queue (so it is pushed at most once).
+    queued: AtomicBool,
+    state: AtomicU8,
+}
+
+const LANE_IDLE: u8 = 0;
+const LANE_OFFERED: u8 = 1;
+const LANE_ENDED: u8 = 2;
+
+impl LaneEntry {
+    /// Offers the task a slot; `false` if it has ended (or holds one).
+    fn offer(&self) -> bool {
+        self.state
+            .compare_exchange(LANE_IDLE, LANE_OFFERED, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Takes the offer the task holds, if any.
+    pub(crate) fn take_offer(&self) -> bool {
+        self.state
+            .compare_exchange(LANE_OFFERED, LANE_IDLE, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Marks the task ended; `true` if it held an offer it must pass on.
+    pub(crate) fn end(&self) -> bool {
+        self.state.swap(LANE_ENDED, SeqCst) == LANE_OFFERED
+    }
+
+    #[cfg(all(test, not(pulse_loom)))]
+    pub(crate) fn is_offered(&self) -> bool {
+        self.state.load(SeqCst) == LANE_OFFERED
+    }
+}
 
 /// Waiting tasks the queue holds; past that, tasks fall back to plain
 /// deferral (they still give way, without the lane's ordering).
@@ -31,9 +78,21 @@ const QUEUE_CAPACITY: usize = 16 * 1024;
 pub(crate) struct SlowLane {
     slots: AtomicUsize,
     running: AtomicUsize,
-    waiting: BoundedQueue<Arc<TaskShared>>,
+    waiting: BoundedQueue<Arc<LaneEntry>>,
     /// Deficit round robin quantum, in nanoseconds of poll time.
     quantum_ns: AtomicI64,
+}
+
+/// What [`SlowLane::wait`] did.
+#[must_use]
+pub(crate) enum Wait<'a> {
+    /// A slot freed while the task queued: it holds it now.
+    Entered(LaneSlot<'a>),
+    /// Queued: the task is woken with an offer when a slot frees.
+    Queued,
+    /// The queue is full: the task was not queued, and should fall back
+    /// to plain deferral.
+    Full,
 }
 
 /// A held slot; dropping it releases the slot and offers it to the next
@@ -98,21 +157,17 @@ impl SlowLane {
 
     /// Queues `task` to be woken when a slot frees, then checks once more
     /// for a slot freed meanwhile (so no release can go unnoticed).
-    ///
-    /// Returns `Err(())` when the queue is full: the caller should fall
-    /// back to plain deferral.
-    pub(crate) fn wait(
-        &self,
-        task: &Arc<TaskShared>,
-        waker: &std::task::Waker,
-    ) -> Result<Option<LaneSlot<'_>>, ()> {
-        task.lane.waker.register(waker);
-        if !task.lane.queued.swap(true, SeqCst) && self.waiting.push(Arc::clone(task)).is_err() {
-            task.lane.queued.store(false, SeqCst);
-            return Err(());
+    pub(crate) fn wait(&self, task: &Arc<LaneEntry>, waker: &std::task::Waker) -> Wait<'_> {
+        task.waker.register(waker);
+        if !task.queued.swap(true, SeqCst) && self.waiting.push(Arc::clone(task)).is_err() {
+            task.queued.store(false, SeqCst);
+            return Wait::Full;
         }
         fence(SeqCst);
-        Ok(self.try_enter())
+        match self.try_enter() {
+            Some(slot) => Wait::Entered(slot),
+            None => Wait::Queued,
+        }
     }
 
     /// Wakes the first waiting task that is still alive, offering it a slot.
@@ -121,10 +176,10 @@ impl SlowLane {
             return;
         }
         while let Some(task) = self.waiting.pop() {
-            task.lane.queued.store(false, SeqCst);
+            task.queued.store(false, SeqCst);
             // Skips tasks that have ended since they queued.
-            if task.lane.offer() {
-                task.lane.waker.wake();
+            if task.offer() {
+                task.waker.wake();
                 return;
             }
         }
@@ -144,7 +199,6 @@ impl SlowLane {
 #[cfg(all(test, not(pulse_loom)))]
 mod tests {
     use super::*;
-    use std::panic::Location;
     use std::task::{Wake, Waker};
 
     struct CountWakes(std::sync::atomic::AtomicUsize);
@@ -154,8 +208,8 @@ mod tests {
         }
     }
 
-    fn task() -> Arc<TaskShared> {
-        Arc::new(TaskShared::new(None, Location::caller()))
+    fn task() -> Arc<LaneEntry> {
+        Arc::default()
     }
 
     #[test]
@@ -169,11 +223,11 @@ mod tests {
         let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let t = task();
-        assert!(lane.wait(&t, &waker).unwrap().is_none());
+        assert!(matches!(lane.wait(&t, &waker), Wait::Queued));
         assert_eq!(lane.queue_depth(), 1);
         drop(a);
         assert_eq!(wakes.0.load(Relaxed), 1, "release did not wake the waiter");
-        assert!(t.lane.is_offered());
+        assert!(t.is_offered());
         assert!(lane.try_enter().is_some());
     }
 
@@ -183,7 +237,7 @@ mod tests {
         let _held = lane.try_enter().unwrap();
         let t = task();
         for _ in 0..10 {
-            assert!(lane.wait(&t, Waker::noop()).unwrap().is_none());
+            assert!(matches!(lane.wait(&t, Waker::noop()), Wait::Queued));
         }
         assert_eq!(lane.queue_depth(), 1);
     }
@@ -194,13 +248,16 @@ mod tests {
         let held = lane.try_enter().unwrap();
         let (dead, alive) = (task(), task());
         let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
-        lane.wait(&dead, Waker::noop()).unwrap();
-        lane.wait(&alive, &Waker::from(wakes.clone())).unwrap();
-        assert!(!dead.lane.end());
+        assert!(matches!(lane.wait(&dead, Waker::noop()), Wait::Queued));
+        assert!(matches!(
+            lane.wait(&alive, &Waker::from(wakes.clone())),
+            Wait::Queued
+        ));
+        assert!(!dead.end());
         drop(held);
         assert_eq!(wakes.0.load(Relaxed), 1);
-        assert!(alive.lane.is_offered());
-        assert!(!dead.lane.is_offered());
+        assert!(alive.is_offered());
+        assert!(!dead.is_offered());
     }
 }
 
@@ -210,9 +267,7 @@ mod tests {
 #[cfg(all(test, pulse_loom))]
 mod loom_models {
     use super::*;
-    use crate::sync::AtomicBool;
     use loom::thread;
-    use std::panic::Location;
     use std::task::{Wake, Waker};
 
     struct Flag(AtomicBool);
@@ -227,8 +282,8 @@ mod loom_models {
         (flag.clone(), Waker::from(flag))
     }
 
-    fn task() -> Arc<TaskShared> {
-        Arc::new(TaskShared::new(None, Location::caller()))
+    fn task() -> Arc<LaneEntry> {
+        Arc::default()
     }
 
     /// A task that finds the lane full and waits is never forgotten: it
@@ -241,8 +296,9 @@ mod loom_models {
             let (woken, waker) = flag_waker();
             let (l, t) = (lane.clone(), task());
             let waiter = thread::spawn(move || match l.wait(&t, &waker) {
-                Ok(slot) => slot.is_some(),
-                Err(()) => unreachable!("queue cannot be full"),
+                Wait::Entered(_) => true,
+                Wait::Queued => false,
+                Wait::Full => unreachable!("queue cannot be full"),
             });
             drop(held);
             let took_slot = waiter.join().unwrap();
@@ -292,12 +348,12 @@ mod loom_models {
             let (doomed, next) = (task(), task());
             let (_, doomed_waker) = flag_waker();
             let (next_woken, next_waker) = flag_waker();
-            assert!(lane.wait(&doomed, &doomed_waker).unwrap().is_none());
-            assert!(lane.wait(&next, &next_waker).unwrap().is_none());
+            assert!(matches!(lane.wait(&doomed, &doomed_waker), Wait::Queued));
+            assert!(matches!(lane.wait(&next, &next_waker), Wait::Queued));
             let l = lane.clone();
             let dropper = thread::spawn(move || {
                 // What `Managed::drop` does.
-                if doomed.lane.end() {
+                if doomed.end() {
                     l.offer_next();
                 }
             });

@@ -4,8 +4,9 @@ use std::borrow::Cow;
 use std::panic::Location;
 use std::time::Duration;
 
+use crate::origins::OriginSnapshot;
 use crate::task::{TaskId, TaskShared};
-use crate::tier::Tier;
+use crate::tier::{PerTier, Tier};
 use crate::timing::nanos;
 
 /// The state of every live managed task at one moment, from
@@ -16,10 +17,12 @@ use crate::timing::nanos;
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Snapshot {
-    /// One entry per live task, in no particular order.
+    /// One entry per live task, in no particular order: every task that
+    /// has returned `Pending` at least once and not ended. A task not
+    /// polled yet, or still in its first poll, is not listed (a task that
+    /// completes in its first poll never takes the registry's lock); a
+    /// first poll that runs too long is still in [`stuck`](Snapshot::stuck).
     pub tasks: Vec<TaskSnapshot>,
-    /// Live tasks per tier, indexed by [`Tier::index`].
-    pub tier_counts: [usize; 4],
     /// Every live task of the runtimes observed through runtime hooks
     /// (feature `runtime-hooks`), as Tokio sees them: libraries' tasks
     /// included, each with its [`tokio_id`](TaskSnapshot::tokio_id). Empty
@@ -29,14 +32,25 @@ pub struct Snapshot {
     pub runtime_tasks: Vec<TaskSnapshot>,
     /// Polls running now for longer than the watchdog threshold.
     pub stuck: Vec<StuckPoll>,
+    /// Every origin (spawn site or task name) remembered because some of
+    /// its tasks misbehaved, with the tier its new tasks start at. Empty
+    /// when origin memory is off.
+    pub origins: Vec<OriginSnapshot>,
 }
 
 /// A poll the watchdog would report: running now, past its threshold.
+///
+/// It names the task itself: a task still in its first poll is not in
+/// [`Snapshot::tasks`] yet.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StuckPoll {
     /// The task being polled.
     pub task: TaskId,
+    /// The task's name, if it has one.
+    pub name: Option<Cow<'static, str>>,
+    /// Where the task was spawned (or wrapped).
+    pub location: &'static Location<'static>,
     /// How long the poll has been running.
     pub running_for: Duration,
     /// The name of the thread it runs on.
@@ -46,7 +60,7 @@ pub struct StuckPoll {
 impl Snapshot {
     /// Live tasks in `tier`.
     pub fn count(&self, tier: Tier) -> usize {
-        self.tier_counts[tier.index()]
+        PerTier::tally(self.tasks.iter().map(|t| t.tier))[tier]
     }
 
     /// The task with this id, if it is still alive.
@@ -59,6 +73,13 @@ impl Snapshot {
         self.tasks.iter().find(|t| t.name.as_deref() == Some(name))
     }
 
+    /// The remembered origin named `name` (a task name or route), if any.
+    pub fn origin_named(&self, name: &str) -> Option<&OriginSnapshot> {
+        self.origins
+            .iter()
+            .find(|o| matches!(&o.origin, crate::origins::Origin::Name(n) if n == name))
+    }
+
     /// The `n` tasks that have held workers longest in total, worst first.
     pub fn worst(&self, n: usize) -> Vec<&TaskSnapshot> {
         worst(&self.tasks, n)
@@ -66,7 +87,7 @@ impl Snapshot {
 
     /// Live runtime-wide tasks in `tier` (see [`runtime_tasks`](Snapshot::runtime_tasks)).
     pub fn runtime_count(&self, tier: Tier) -> usize {
-        self.runtime_tasks.iter().filter(|t| t.tier == tier).count()
+        PerTier::tally(self.runtime_tasks.iter().map(|t| t.tier))[tier]
     }
 
     /// The runtime-wide task with this Tokio id, if it is still alive.
@@ -113,7 +134,8 @@ pub struct TaskSnapshot {
     /// Thread CPU time of the long polls made while the task was a suspect
     /// (tier `Warn` or above): polls following one of at least a quarter of
     /// the slow-poll threshold. Zero for a task that has always behaved,
-    /// because reading CPU time costs ~250 ns and is not done for it, nor
+    /// because reading CPU time costs a system call (see BENCHMARKS.md) and
+    /// is not done for it, nor
     /// for a suspect's short polls. Much less than the wall time of the
     /// same polls means the task was blocking its worker rather than
     /// computing.

@@ -5,68 +5,25 @@
 //! Tier changes and task ends are rare, so the shared counters below are
 //! plain `fetch_add`s off the poll path.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
+
+use crate::histogram::{AtomicHistogram, PollHistogram};
 use crate::task::Counters;
-use crate::tier::Tier;
-use crate::timing::nanos;
+use crate::tier::{PerTier, Tier};
 
-/// Upper bounds of the poll-time histogram's buckets, in nanoseconds; the
-/// last bucket has no upper bound. Powers of four from 4 µs: each bucket is
-/// a clear step in how much a poll hurts its neighbours.
-pub const POLL_TIME_BUCKETS_NS: [u64; POLL_TIME_BUCKETS - 1] = [
-    4_096,
-    16_384,
-    65_536,
-    262_144,
-    1_048_576,
-    4_194_304,
-    16_777_216,
-    67_108_864,
-    268_435_456,
-    1_073_741_824,
-];
-
-/// Number of buckets in a poll-time histogram.
-pub const POLL_TIME_BUCKETS: usize = 11;
-
-/// The histogram bucket of a poll of `ns` nanoseconds: a leading-zero
-/// count and a shift, no search.
-#[inline(always)]
-pub(crate) fn bucket_of(ns: u64) -> usize {
-    let log2 = 63 - (ns | 1).leading_zeros() as usize;
-    (log2.saturating_sub(10) / 2).min(POLL_TIME_BUCKETS - 1)
-}
-
-/// Counts of polls by duration, bucketed at [`POLL_TIME_BUCKETS_NS`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PollHistogram {
-    /// `counts[i]` polls took less than `POLL_TIME_BUCKETS_NS[i]` (and at
-    /// least the bound before it); the last entry counts the rest.
-    pub counts: [u64; POLL_TIME_BUCKETS],
-}
-
-impl PollHistogram {
-    /// The upper bound of bucket `i`, or `None` for the last, open bucket.
-    pub fn upper_bound(i: usize) -> Option<Duration> {
-        POLL_TIME_BUCKETS_NS.get(i).map(|&ns| nanos(ns))
-    }
-
-    /// All polls counted.
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    pub(crate) fn add(&mut self, other: &PollHistogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts) {
-            *a += b;
-        }
-    }
-}
-
-/// What all tasks of one [`Pulse`](crate::Pulse) have done since it was built,
-/// from [`Pulse::totals`](crate::Pulse::totals). Counters only grow.
+/// What all tasks of one [`Pulse`](crate::Pulse) have done since it was
+/// built, from [`Pulse::totals`](crate::Pulse::totals).
+///
+/// The counters are sums over the tasks, each read without stopping it.
+/// While a task ends, its counts move from the live task into the totals of
+/// ended tasks, and a reading taken at that moment can count them twice or
+/// not at all: two readings a moment apart may differ by one task's counts
+/// either way. [`MetricsPublisher`](crate::MetricsPublisher) (feature
+/// `metrics`) never publishes a counter lower than it did before.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Totals {
@@ -78,14 +35,23 @@ pub struct Totals {
     pub polls: u64,
     /// Polls over the slow-poll threshold.
     pub slow_polls: u64,
-    /// Wall time spent in polls of managed futures.
+    /// Wall time spent in polls of managed futures: exact with
+    /// [`Timing::Exact`](crate::Timing::Exact), an unbiased estimate from
+    /// the ticks polls span with sampled timing.
     pub poll_time: Duration,
-    /// Polls by duration.
+    /// Measured polls by duration. With sampled timing (the default) a
+    /// poll is measured when it outlasts a tick of the engine's ticker;
+    /// shorter polls are counted in [`polls`](Totals::polls) only (see
+    /// [`Timing`](crate::Timing)).
     pub poll_time_histogram: PollHistogram,
-    /// Promotions into each tier, indexed by [`Tier::index`].
-    pub promotions: [u64; 4],
-    /// Demotions into each tier, indexed by [`Tier::index`].
-    pub demotions: [u64; 4],
+    /// The sum of the polls counted in
+    /// [`poll_time_histogram`](Totals::poll_time_histogram), each at the
+    /// length it was judged by.
+    pub measured_poll_time: Duration,
+    /// Promotions into each tier.
+    pub promotions: PerTier<u64>,
+    /// Demotions into each tier.
+    pub demotions: PerTier<u64>,
     /// Polls the watchdog found stuck (running past its threshold).
     pub watchdog_reports: u64,
     /// Gauge: `Yield`-tier tasks waiting for a slow-lane slot now.
@@ -99,32 +65,31 @@ pub struct Totals {
 /// The shared counters behind [`Totals`].
 ///
 /// Spawns and task ends happen on every worker at once, so their counters
-/// are split into stripes, one cache line pair each: a thread adds to its
-/// own stripe, and workers ending tasks together do not fight over one
+/// are split into stripes, each on cache lines of its own: a thread adds to
+/// its own stripe, and workers ending tasks together do not fight over one
 /// line (on two cores that fight cost ~0.5 µs a task). `totals` sums them.
 #[derive(Debug, Default)]
 pub(crate) struct PulseStats {
-    stripes: [Stripe; STRIPES],
-    promotions: [AtomicU64; 4],
-    demotions: [AtomicU64; 4],
+    stripes: [CachePadded<Stripe>; STRIPES],
+    promotions: PerTier<AtomicU64>,
+    demotions: PerTier<AtomicU64>,
     watchdog_reports: AtomicU64,
-    /// Gauge: tasks on the isolation pool now.
-    pub isolated_tasks: AtomicUsize,
+    isolated: Arc<AtomicUsize>,
 }
 
 const STRIPES: usize = 8;
 
-/// Spawn and end counters of the threads that map to one stripe. 128-byte
-/// aligned: Intel CPUs fetch lines in adjacent pairs.
+/// Spawn and end counters of the threads that map to one stripe.
 #[derive(Debug, Default)]
-#[repr(align(128))]
 struct Stripe {
     tasks_spawned: AtomicU64,
     tasks_ended: AtomicU64,
     ended_polls: AtomicU64,
     ended_slow_polls: AtomicU64,
     ended_busy_ns: AtomicU64,
-    ended_histogram: [AtomicU64; POLL_TIME_BUCKETS],
+    /// Measured polls of live and ended tasks alike, and their sum.
+    histogram: AtomicHistogram,
+    measured_ns: AtomicU64,
 }
 
 /// The calling thread's stripe, assigned round-robin at its first use.
@@ -134,6 +99,17 @@ fn stripe_index() -> usize {
         static INDEX: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
     }
     INDEX.try_with(|i| *i).unwrap_or(0)
+}
+
+/// Counts one task on the isolation pool for as long as it lives: the
+/// gauge goes up when the token is made and down, once, when it drops.
+#[derive(Debug)]
+pub(crate) struct IsolatedGauge(Arc<AtomicUsize>);
+
+impl Drop for IsolatedGauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl PulseStats {
@@ -154,12 +130,15 @@ impl PulseStats {
         s.ended_polls.fetch_add(c.polls, Relaxed);
         s.ended_slow_polls.fetch_add(c.slow_polls, Relaxed);
         s.ended_busy_ns.fetch_add(c.busy_ns, Relaxed);
-        for (total, n) in s.ended_histogram.iter().zip(c.histogram.counts) {
-            if n != 0 {
-                total.fetch_add(n, Relaxed);
-            }
-        }
         s.tasks_ended.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a measured poll of `ns` in the poll-time histogram.
+    #[inline]
+    pub(crate) fn poll_measured(&self, ns: u64) {
+        let s = self.stripe();
+        s.histogram.add_one(ns);
+        s.measured_ns.fetch_add(ns, Relaxed);
     }
 
     pub(crate) fn tier_changed(&self, from: Tier, to: Tier) {
@@ -168,37 +147,52 @@ impl PulseStats {
         } else {
             &self.demotions
         };
-        counters[to.index()].fetch_add(1, Relaxed);
+        counters[to].fetch_add(1, Relaxed);
+    }
+
+    /// A token counting one more task on the isolation pool until dropped.
+    pub(crate) fn isolated(&self) -> IsolatedGauge {
+        self.isolated.fetch_add(1, Relaxed);
+        IsolatedGauge(Arc::clone(&self.isolated))
+    }
+
+    /// Tasks created and not ended yet.
+    pub(crate) fn live_tasks(&self) -> usize {
+        let (mut spawned, mut ended) = (0u64, 0u64);
+        for s in &self.stripes {
+            spawned += s.tasks_spawned.load(Relaxed);
+            ended += s.tasks_ended.load(Relaxed);
+        }
+        usize::try_from(spawned.saturating_sub(ended)).unwrap_or(usize::MAX)
     }
 
     /// Totals of ended tasks plus `live`, the counters of live tasks.
     pub(crate) fn totals(&self, live: impl IntoIterator<Item = Counters>) -> Totals {
         let load = |a: &AtomicU64| a.load(Relaxed);
         let mut t = Totals {
-            promotions: self.promotions.each_ref().map(load),
-            demotions: self.demotions.each_ref().map(load),
+            promotions: PerTier::from_fn(|tier| load(&self.promotions[tier])),
+            demotions: PerTier::from_fn(|tier| load(&self.demotions[tier])),
             watchdog_reports: load(&self.watchdog_reports),
-            isolated_tasks: self.isolated_tasks.load(Relaxed),
+            isolated_tasks: self.isolated.load(Relaxed),
             ..Totals::default()
         };
-        let mut busy_ns = 0;
+        let (mut busy_ns, mut measured_ns) = (0, 0);
         for s in &self.stripes {
+            measured_ns += load(&s.measured_ns);
             t.tasks_spawned += load(&s.tasks_spawned);
             t.tasks_ended += load(&s.tasks_ended);
             t.polls += load(&s.ended_polls);
             t.slow_polls += load(&s.ended_slow_polls);
             busy_ns += load(&s.ended_busy_ns);
-            t.poll_time_histogram.add(&PollHistogram {
-                counts: s.ended_histogram.each_ref().map(load),
-            });
+            t.poll_time_histogram.add(&s.histogram.load());
         }
         for c in live {
             t.polls += c.polls;
             t.slow_polls += c.slow_polls;
             busy_ns += c.busy_ns;
-            t.poll_time_histogram.add(&c.histogram);
         }
-        t.poll_time = nanos(busy_ns);
+        t.poll_time = Duration::from_nanos(busy_ns);
+        t.measured_poll_time = Duration::from_nanos(measured_ns);
         t
     }
 }
@@ -206,17 +200,6 @@ impl PulseStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_match_their_bounds() {
-        assert_eq!(bucket_of(0), 0);
-        assert_eq!(bucket_of(4_095), 0);
-        for (i, &bound) in POLL_TIME_BUCKETS_NS.iter().enumerate() {
-            assert_eq!(bucket_of(bound - 1), i, "just under bound {i}");
-            assert_eq!(bucket_of(bound), i + 1, "at bound {i}");
-        }
-        assert_eq!(bucket_of(u64::MAX), POLL_TIME_BUCKETS - 1);
-    }
 
     #[test]
     fn totals_sum_the_stripes_of_every_thread() {
@@ -238,6 +221,18 @@ mod tests {
         let t = stats.totals([ended]);
         assert_eq!((t.tasks_spawned, t.tasks_ended), (threads, threads));
         assert_eq!(t.polls, (threads + 1) * 3);
-        assert_eq!(t.poll_time, nanos((threads + 1) * 10));
+        assert_eq!(t.poll_time, Duration::from_nanos((threads + 1) * 10));
+    }
+
+    #[test]
+    fn the_isolated_gauge_counts_live_tokens() {
+        let stats = PulseStats::default();
+        let a = stats.isolated();
+        let b = stats.isolated();
+        assert_eq!(stats.totals([]).isolated_tasks, 2);
+        drop(a);
+        assert_eq!(stats.totals([]).isolated_tasks, 1);
+        drop(b);
+        assert_eq!(stats.totals([]).isolated_tasks, 0);
     }
 }

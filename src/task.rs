@@ -1,8 +1,12 @@
 //! What tokio-pulse knows about one managed task.
 //!
-//! [`TaskShared`] is the one place a task's state lives. The task's wrapper
-//! holds it directly (an `Arc`), so the poll path never looks anything up;
-//! the registry holds a second reference only so `snapshot()` can find it.
+//! [`TaskShared`] is a task's shared state: identity, counters, tier, what
+//! snapshots, the watchdog and the hooks read. It lives in the task's one
+//! allocation (`task_core::TaskCell`), next to its future; the task's
+//! wrapper reaches it through one pointer, so the poll path never looks
+//! anything up, and the registry keeps a plain pointer to it only so that
+//! `snapshot()` can find it.
+//!
 //! Counters have a single writer, the thread polling the task (a task is
 //! never polled by two threads at once), so they are updated with plain
 //! relaxed loads and stores rather than read-modify-write instructions.
@@ -10,10 +14,12 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 
-use crate::stats::{POLL_TIME_BUCKETS, PollHistogram, bucket_of};
-use crate::sync::{AtomicBool, AtomicU8, AtomicU64, WakerSlot};
+use crate::origins::OriginRef;
+use crate::slow_lane::LaneEntry;
+use crate::sync::{AtomicBool, AtomicU8, AtomicU64};
 use crate::tier::Tier;
 
 /// A managed task's identifier, unique within the process.
@@ -44,75 +50,31 @@ impl fmt::Display for TaskId {
 
 /// Identity and live counters of one managed task.
 ///
-/// `repr(C)` keeps the fields every poll writes (polls, busy time, the
-/// longest poll, and the histogram's first buckets, where short polls land)
-/// together at the front, right after the `Arc`'s counts, so that a poll
-/// usually dirties one cache line of the task's state rather than three.
+/// `repr(C)` keeps the fields every poll touches (the poll count, the
+/// watchdog's request) at the front, on the cache line of the `Arc`'s
+/// counts, with the fields measured polls write just behind them.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct TaskShared {
     polls: AtomicU64,
+    /// A tier the watchdog wants the task moved to at its next poll (0: none).
+    forced_tier: AtomicU8,
+    tier: AtomicU8,
+    /// The task has misbehaved at least once (see `origins`).
+    offended: AtomicBool,
+    /// The task is in the registry (from its first `Pending`).
+    registered: AtomicBool,
     busy_ns: AtomicU64,
     max_poll_ns: AtomicU64,
-    histogram: [AtomicU64; POLL_TIME_BUCKETS],
     slow_polls: AtomicU64,
     cpu_ns: AtomicU64,
+    stuck_reports: AtomicU64,
     pub id: TaskId,
     pub name: Option<Cow<'static, str>>,
     pub location: &'static Location<'static>,
-    tier: AtomicU8,
-    stuck_reports: AtomicU64,
-    /// A tier the watchdog wants the task moved to at its next poll (0: none).
-    forced_tier: AtomicU8,
-    /// The slow lane's hold on this task; see `slow_lane`.
-    pub lane: LaneEntry,
-}
-
-/// A task's place in the slow lane's wait queue.
-///
-/// Whether the task holds an offer and whether it has ended are one atomic
-/// state changed only by read-modify-write operations, so the lane offering
-/// a slot and the wrapper being dropped at the same moment always agree on
-/// who passes the offer on (a pair of flags would need sequentially
-/// consistent store-load ordering, which the loom model showed to be
-/// fragile).
-#[derive(Debug, Default)]
-pub(crate) struct LaneEntry {
-    /// Woken when the lane has room.
-    pub waker: WakerSlot,
-    /// The task is in the wait queue (so it is pushed at most once).
-    pub queued: AtomicBool,
-    state: AtomicU8,
-}
-
-const LANE_IDLE: u8 = 0;
-const LANE_OFFERED: u8 = 1;
-const LANE_ENDED: u8 = 2;
-
-impl LaneEntry {
-    /// Offers the task a slot; `false` if it has ended (or holds one).
-    pub(crate) fn offer(&self) -> bool {
-        self.state
-            .compare_exchange(LANE_IDLE, LANE_OFFERED, SeqCst, SeqCst)
-            .is_ok()
-    }
-
-    /// Takes the offer the task holds, if any.
-    pub(crate) fn take_offer(&self) -> bool {
-        self.state
-            .compare_exchange(LANE_OFFERED, LANE_IDLE, SeqCst, SeqCst)
-            .is_ok()
-    }
-
-    /// Marks the task ended; `true` if it held an offer it must pass on.
-    pub(crate) fn end(&self) -> bool {
-        self.state.swap(LANE_ENDED, SeqCst) == LANE_OFFERED
-    }
-
-    #[cfg(all(test, not(pulse_loom)))]
-    pub(crate) fn is_offered(&self) -> bool {
-        self.state.load(SeqCst) == LANE_OFFERED
-    }
+    /// The task's place in the slow lane, made when it first waits there
+    /// (most tasks never do); see `slow_lane`.
+    lane: OnceLock<Arc<LaneEntry>>,
 }
 
 impl TaskShared {
@@ -130,11 +92,22 @@ impl TaskShared {
             busy_ns: AtomicU64::new(0),
             max_poll_ns: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
-            histogram: Default::default(),
             stuck_reports: AtomicU64::new(0),
             forced_tier: AtomicU8::new(0),
-            lane: LaneEntry::default(),
+            offended: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            lane: OnceLock::new(),
         }
+    }
+
+    /// The task's slow-lane entry, made on first use.
+    pub(crate) fn lane(&self) -> &Arc<LaneEntry> {
+        self.lane.get_or_init(Arc::default)
+    }
+
+    /// The task's slow-lane entry, if it ever waited in the lane.
+    pub(crate) fn lane_if_used(&self) -> Option<&Arc<LaneEntry>> {
+        self.lane.get()
     }
 
     pub(crate) fn tier(&self) -> Tier {
@@ -145,12 +118,29 @@ impl TaskShared {
         self.tier.store(tier as u8, Relaxed);
     }
 
-    /// Records one poll. Called only by the thread that just polled the task.
-    #[inline]
-    pub(crate) fn record_poll(&self, poll_ns: u64, slow: bool) {
+    /// Counts one poll (of a task observed through runtime hooks; a managed
+    /// task counts in its core, see `set_polls`). Called only by the thread
+    /// that just polled the task.
+    #[cfg(any(pulse_bench, all(feature = "runtime-hooks", tokio_unstable)))]
+    #[inline(always)]
+    pub(crate) fn count_poll(&self) {
         bump(&self.polls, 1);
-        bump(&self.busy_ns, poll_ns);
-        bump(&self.histogram[bucket_of(poll_ns)], 1);
+    }
+
+    /// Publishes the poll count a managed task keeps in its core (see
+    /// `TaskCore::publish`). Called only by the thread polling the task.
+    #[inline]
+    pub(crate) fn set_polls(&self, polls: u64) {
+        self.polls.store(polls, Relaxed);
+    }
+
+    /// Records what was measured of one poll: `poll_ns`, what it is judged
+    /// to have taken (a lower bound), `busy_ns`, what it adds to the
+    /// estimate of the task's busy time (see `task_core`), and whether it
+    /// was slow. Called only by the thread that just polled the task.
+    #[inline]
+    pub(crate) fn record_measured(&self, poll_ns: u64, busy_ns: u64, slow: bool) {
+        bump(&self.busy_ns, busy_ns);
         if slow {
             bump(&self.slow_polls, 1);
         }
@@ -179,6 +169,32 @@ impl TaskShared {
         (v != 0).then(|| Tier::from_u8(v & 0x7f))
     }
 
+    /// Where the task comes from: its name if it has one, else its site.
+    pub(crate) fn origin(&self) -> OriginRef<'_> {
+        match &self.name {
+            Some(name) => OriginRef::Name(name),
+            None => OriginRef::Site(self.location),
+        }
+    }
+
+    /// Whether the task is in the registry.
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.load(Relaxed)
+    }
+
+    pub(crate) fn set_registered(&self) {
+        self.registered.store(true, Relaxed);
+    }
+
+    /// Marks the task as having misbehaved; `true` the first time.
+    pub(crate) fn mark_offended(&self) -> bool {
+        !self.offended.swap(true, Relaxed)
+    }
+
+    pub(crate) fn offended(&self) -> bool {
+        self.offended.load(Relaxed)
+    }
+
     pub(crate) fn record_stuck(&self) {
         self.stuck_reports.fetch_add(1, Relaxed);
     }
@@ -191,9 +207,6 @@ impl TaskShared {
             max_poll_ns: self.max_poll_ns.load(Relaxed),
             cpu_ns: self.cpu_ns.load(Relaxed),
             stuck_reports: self.stuck_reports.load(Relaxed),
-            histogram: PollHistogram {
-                counts: self.histogram.each_ref().map(|a| a.load(Relaxed)),
-            },
         }
     }
 }
@@ -213,7 +226,6 @@ pub(crate) struct Counters {
     pub max_poll_ns: u64,
     pub cpu_ns: u64,
     pub stuck_reports: u64,
-    pub histogram: PollHistogram,
 }
 
 /// A borrowed view of a managed task, handed to [`PreemptionHooks`](crate::PreemptionHooks).
@@ -261,7 +273,6 @@ impl fmt::Debug for TaskInfo<'_> {
 mod loom_models {
     use super::*;
     use loom::thread;
-    use std::sync::Arc;
 
     /// A request made while the task is being polled is taken exactly once:
     /// never lost, never applied twice.

@@ -72,11 +72,109 @@ impl fmt::Display for Tier {
     }
 }
 
+/// One value per [`Tier`], indexed by the tier.
+///
+/// ```
+/// use tokio_pulse::{PerTier, Tier};
+///
+/// let mut seen = PerTier::<u64>::default();
+/// seen[Tier::Warn] += 2;
+/// assert_eq!(seen[Tier::Warn], 2);
+/// assert_eq!(seen[Tier::Warn.index()], 2); // also by position
+/// assert_eq!(seen.iter().sum::<u64>(), 2);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerTier<T>([T; 4]);
+
+impl<T> PerTier<T> {
+    /// A value for each tier, from `f`.
+    pub fn from_fn(mut f: impl FnMut(Tier) -> T) -> Self {
+        PerTier(Tier::ALL.map(&mut f))
+    }
+
+    /// The values, from `Monitor` to `Isolate`.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// Each tier with its value, from `Monitor` to `Isolate`.
+    pub fn tiers(&self) -> impl Iterator<Item = (Tier, &T)> {
+        Tier::ALL.into_iter().zip(&self.0)
+    }
+}
+
+impl PerTier<usize> {
+    /// How many of `tiers` are in each tier.
+    pub(crate) fn tally(tiers: impl IntoIterator<Item = Tier>) -> Self {
+        let mut counts = PerTier::default();
+        tiers.into_iter().for_each(|t| counts[t] += 1);
+        counts
+    }
+}
+
+impl<T> std::ops::Index<Tier> for PerTier<T> {
+    type Output = T;
+
+    fn index(&self, tier: Tier) -> &T {
+        &self.0[tier.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Tier> for PerTier<T> {
+    fn index_mut(&mut self, tier: Tier) -> &mut T {
+        &mut self.0[tier.index()]
+    }
+}
+
+/// By position, as [`Tier::index`] gives it. Panics past 3, like an array.
+impl<T> std::ops::Index<usize> for PerTier<T> {
+    type Output = T;
+
+    fn index(&self, index: usize) -> &T {
+        &self.0[index]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerTier<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// A tier change decided by [`Escalation::on_poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TierChange {
     pub from: Tier,
     pub to: Tier,
+}
+
+/// What a poll that closed a window decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A bad window moved the task up.
+    Promoted(TierChange),
+    /// A run of clean windows moved the task down.
+    Demoted(TierChange),
+    /// A bad window, with the task already at its highest tier.
+    BadAtTop,
+}
+
+impl Step {
+    /// The tier change, if the step made one.
+    pub(crate) fn change(self) -> Option<TierChange> {
+        match self {
+            Step::Promoted(c) | Step::Demoted(c) => Some(c),
+            Step::BadAtTop => None,
+        }
+    }
+
+    /// The window was bad: the task misbehaved.
+    pub(crate) fn bad(self) -> bool {
+        !matches!(self, Step::Demoted(_))
+    }
 }
 
 /// Everything the state machine is tuned by.
@@ -90,22 +188,23 @@ pub(crate) struct EscalationPolicy {
 }
 
 /// One task's position in the tier ladder and the evidence behind it.
+/// `repr(C)`: the tier, read on every poll, comes first (see `TaskCore`).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct Escalation {
     tier: Tier,
     window: WindowBudget,
     clean_streak: u32,
-    /// The last poll was long enough to be charged to the budget.
-    last_poll_charged: bool,
 }
 
 impl Escalation {
-    pub(crate) fn new(now_ns: u64) -> Self {
+    /// A task that starts at `tier` (the tier its origin earned), its
+    /// first window opening at `now_ns`.
+    pub(crate) fn starting_at(tier: Tier, now_ns: u64) -> Self {
         Escalation {
-            tier: Tier::Monitor,
+            tier,
             window: WindowBudget::new(now_ns),
             clean_streak: 0,
-            last_poll_charged: false,
         }
     }
 
@@ -113,38 +212,37 @@ impl Escalation {
         self.tier
     }
 
-    /// Whether to read thread CPU time around the next poll: only for a
-    /// suspect (`Warn` and above) whose last poll was long enough to be
-    /// charged. CPU time tells a hog from a blocker, which only matters for
-    /// long polls, and a read costs a system call (~250 ns here): reading it
-    /// around every poll of a suspect made its short polls cost over ten
-    /// times a well-behaved task's. A task whose polls are long keeps being
-    /// measured; one that has gone back to short polls pays nothing.
-    #[inline]
-    pub(crate) fn measures_cpu(&self) -> bool {
-        self.tier >= Tier::Warn && self.last_poll_charged
+    /// When the current window ends under `policy`: until then a poll too
+    /// short to be charged cannot change anything.
+    pub(crate) fn window_deadline_ns(&self, policy: &EscalationPolicy) -> u64 {
+        self.window
+            .start_ns()
+            .saturating_add(policy.limits.window_ns)
     }
 
-    /// Feeds one poll; returns the tier change it caused, if any.
+    /// Feeds one poll; returns what it decided, if anything.
     #[inline]
     pub(crate) fn on_poll(
         &mut self,
         policy: &EscalationPolicy,
         start_ns: u64,
         end_ns: u64,
-    ) -> Option<TierChange> {
-        self.last_poll_charged = end_ns.saturating_sub(start_ns) >= policy.limits.charge_floor_ns;
+    ) -> Option<Step> {
         match self.window.charge(&policy.limits, start_ns, end_ns) {
             WindowVerdict::Open => None,
             WindowVerdict::Bad => {
                 self.clean_streak = 0;
-                (self.tier < policy.max_tier).then(|| self.move_to(self.tier.up()))
+                Some(if self.tier < policy.max_tier {
+                    Step::Promoted(self.move_to(self.tier.up()))
+                } else {
+                    Step::BadAtTop
+                })
             }
             WindowVerdict::Clean(windows) => {
                 self.clean_streak = self.clean_streak.saturating_add(windows);
                 if self.tier > Tier::Monitor && self.clean_streak >= policy.clean_windows {
                     self.clean_streak = 0;
-                    Some(self.move_to(self.tier.down()))
+                    Some(Step::Demoted(self.move_to(self.tier.down())))
                 } else {
                     None
                 }
@@ -206,7 +304,7 @@ mod tests {
     #[test]
     fn hog_climbs_to_isolate_then_reformed_task_steps_back_down() {
         let p = policy(2, 3, Tier::Isolate);
-        let mut e = Escalation::new(0);
+        let mut e = Escalation::starting_at(Tier::Monitor, 0);
         let mut t = 0;
         while e.tier() < Tier::Isolate {
             e.on_poll(&p, t, t + 5 * MS);
@@ -215,7 +313,7 @@ mod tests {
         }
         let mut steps = Vec::new();
         while e.tier() > Tier::Monitor {
-            if let Some(c) = e.on_poll(&p, t, t + 10_000) {
+            if let Some(c) = e.on_poll(&p, t, t + 10_000).and_then(Step::change) {
                 steps.push(c.to);
             }
             t += MS;
@@ -224,22 +322,9 @@ mod tests {
     }
 
     #[test]
-    fn cpu_time_is_read_for_suspects_whose_polls_are_long() {
-        let p = policy(1, 3, Tier::Isolate);
-        let mut e = Escalation::new(0);
-        e.on_poll(&p, 0, 10_000);
-        assert!(!e.measures_cpu(), "a well-behaved task is measured");
-        e.on_poll(&p, MS, 3 * MS);
-        assert_eq!(e.tier(), Tier::Warn);
-        assert!(e.measures_cpu(), "a hog's next poll is not measured");
-        e.on_poll(&p, 4 * MS, 4 * MS + 10_000);
-        assert!(!e.measures_cpu(), "a suspect's short polls are measured");
-    }
-
-    #[test]
     fn max_tier_caps_promotion() {
         let p = policy(1, 3, Tier::Yield);
-        let mut e = Escalation::new(0);
+        let mut e = Escalation::starting_at(Tier::Monitor, 0);
         for i in 0..50 {
             e.on_poll(&p, i * 10 * MS, i * 10 * MS + 5 * MS);
         }
@@ -266,7 +351,7 @@ mod tests {
             max_tier in 1u8..4,
         ) {
             let p = policy(strikes, clean_windows, Tier::from_u8(max_tier));
-            let mut e = Escalation::new(0);
+            let mut e = Escalation::starting_at(Tier::Monitor, 0);
             let mut t = 0u64;
             // Clean windows seen since the last tier change, counted the
             // same way the window accounting does, independently.
@@ -277,7 +362,8 @@ mod tests {
                 t = end;
                 let before = e.tier();
                 let window_before = e.window;
-                let change = e.on_poll(&p, start, end);
+                let step = e.on_poll(&p, start, end);
+                let change = step.and_then(Step::change);
                 let after = e.tier();
                 prop_assert!(after <= p.max_tier, "above max tier");
                 // Expected verdict, recomputed from the window alone.
@@ -291,6 +377,11 @@ mod tests {
                         prop_assert_eq!(step, 1, "moved more than one tier");
                     }
                 }
+                prop_assert_eq!(
+                    step.is_some_and(Step::bad),
+                    verdict == WindowVerdict::Bad,
+                    "a bad window not reported as one"
+                );
                 match verdict {
                     WindowVerdict::Bad => {
                         prop_assert!(after >= before, "demoted on a bad window");

@@ -295,6 +295,21 @@ fn values_at_and_past_every_bound_are_rejected_naming_their_setter() {
             "watchdog_threshold",
             Pulse::builder().watchdog_threshold(ms(1)),
         ),
+        (
+            "origin_memory_capacity",
+            Pulse::builder().origin_memory_capacity(0),
+        ),
+        (
+            "origin_memory_capacity",
+            Pulse::builder().origin_memory_capacity(65_537),
+        ),
+        ("origin_clean_tasks", Pulse::builder().origin_clean_tasks(0)),
+        (
+            "origin_clean_tasks",
+            Pulse::builder()
+                .without_origin_memory()
+                .origin_clean_tasks(0),
+        ),
     ];
     for (field, builder) in cases {
         let (err, msg) = rejected(builder);
@@ -313,6 +328,8 @@ fn values_at_and_past_every_bound_are_rejected_naming_their_setter() {
         .slow_lane_slots(usize::MAX)
         .isolation_threads(1024)
         .isolation_priority(IsolationPriority::Nice(-20))
+        .origin_memory_capacity(65_536)
+        .origin_clean_tasks(u32::MAX)
         .build()
         .unwrap();
 }
@@ -326,6 +343,14 @@ fn reconfigure_refuses_to_change_the_pool_priority_or_to_add_or_remove_the_watch
             Pulse::builder().isolation_priority(IsolationPriority::Inherit),
         ),
         ("without_watchdog", Pulse::builder().without_watchdog()),
+        (
+            "without_origin_memory",
+            Pulse::builder().without_origin_memory(),
+        ),
+        (
+            "origin_memory_capacity",
+            Pulse::builder().origin_memory_capacity(64),
+        ),
     ];
     for (field, builder) in cases {
         let err = pulse.reconfigure(builder).unwrap_err();
@@ -364,7 +389,7 @@ fn a_rejected_reconfigure_changes_nothing() {
         .unwrap();
     let slow = Arc::new(SlowPolls::default());
     pulse.set_hooks(slow.clone());
-    // A valid threshold that would make a 3 ms poll fine, with an invalid
+    // A valid threshold that would make a 20 ms poll fine, with an invalid
     // budget: refused as a whole.
     pulse
         .reconfigure(
@@ -373,14 +398,16 @@ fn a_rejected_reconfigure_changes_nothing() {
                 .cpu_budget(Duration::ZERO),
         )
         .unwrap_err();
-    let poll_3ms = std::future::poll_fn(|_| {
-        std::thread::sleep(Duration::from_millis(3));
+    // Blocked in a sleep, not waiting for a CPU: charged in full however
+    // loaded the machine is.
+    let poll_20ms = std::future::poll_fn(|_| {
+        std::thread::sleep(Duration::from_millis(20));
         std::task::Poll::Ready(())
     });
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(poll_3ms.pulse(&pulse));
+        .block_on(poll_20ms.pulse(&pulse));
     assert_eq!(
         slow.0.load(Relaxed),
         1,
@@ -404,6 +431,9 @@ enum Set {
     IsolationPriority(IsolationPriority),
     WatchdogThreshold(Duration),
     WithoutWatchdog,
+    OriginMemoryCapacity(usize),
+    OriginCleanTasks(u32),
+    WithoutOriginMemory,
 }
 
 impl Set {
@@ -422,6 +452,9 @@ impl Set {
             Set::IsolationPriority(p) => b.isolation_priority(p),
             Set::WatchdogThreshold(d) => b.watchdog_threshold(d),
             Set::WithoutWatchdog => b.without_watchdog(),
+            Set::OriginMemoryCapacity(n) => b.origin_memory_capacity(n),
+            Set::OriginCleanTasks(n) => b.origin_clean_tasks(n),
+            Set::WithoutOriginMemory => b.without_origin_memory(),
         }
     }
 
@@ -441,11 +474,14 @@ impl Set {
             Set::IsolationPriority(_) => "isolation_priority",
             Set::WatchdogThreshold(_) => "watchdog_threshold",
             Set::WithoutWatchdog => "without_watchdog",
+            Set::OriginMemoryCapacity(_) => "origin_memory_capacity",
+            Set::OriginCleanTasks(_) => "origin_clean_tasks",
+            Set::WithoutOriginMemory => "without_origin_memory",
         }
     }
 }
 
-const SETTERS: [&str; 13] = [
+const SETTERS: [&str; 16] = [
     "profile",
     "slow_poll_threshold",
     "cpu_budget",
@@ -459,6 +495,9 @@ const SETTERS: [&str; 13] = [
     "isolation_priority",
     "watchdog_threshold",
     "without_watchdog",
+    "origin_memory_capacity",
+    "origin_clean_tasks",
+    "without_origin_memory",
 ];
 
 /// Durations around every bound the rules use, and the extremes.
@@ -513,6 +552,9 @@ fn set() -> impl Strategy<Value = Set> {
         priority.prop_map(Set::IsolationPriority),
         duration().prop_map(Set::WatchdogThreshold),
         Just(Set::WithoutWatchdog),
+        prop_oneof![size(), 65_530usize..65_540].prop_map(Set::OriginMemoryCapacity),
+        count().prop_map(Set::OriginCleanTasks),
+        Just(Set::WithoutOriginMemory),
     ]
 }
 
@@ -550,7 +592,12 @@ proptest! {
     ) {
         let builder = calls.iter().fold(Pulse::builder(), |b, c| c.apply(b));
         // Without a watchdog: hundreds of `Pulse`s would each start one.
-        let reloadable = |b: PulseBuilder| b.without_watchdog().isolation_threads(2).isolation_priority(IsolationPriority::Idle);
+        let reloadable = |b: PulseBuilder| {
+            b.without_watchdog()
+                .isolation_threads(2)
+                .isolation_priority(IsolationPriority::Idle)
+                .origin_memory_capacity(1024)
+        };
         let target = reloadable(Pulse::builder()).build().unwrap();
         match builder.clone().build() {
             Ok(pulse) => drop(pulse),

@@ -84,7 +84,18 @@ async fn spawn_records_the_callers_location_and_name() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let line = line!() + 1;
     let handle = pulse.spawn_named("named", async move { rx.await.unwrap() });
-    let snap = pulse.snapshot();
+    // Listed once it has returned `Pending` (see `Snapshot::tasks`).
+    let snap = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let snap = pulse.snapshot();
+            if snap.named("named").is_some() {
+                return snap;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the task never showed in a snapshot");
     let t = snap.named("named").unwrap();
     assert_eq!(t.location.file(), file!());
     assert_eq!(t.location.line(), line);

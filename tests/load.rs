@@ -32,7 +32,7 @@ fn watch(pulse: Pulse, stop: Arc<AtomicBool>) -> Seen {
         let snap = pulse.snapshot();
         let took = started.elapsed();
         assert_eq!(
-            snap.tier_counts.iter().sum::<usize>(),
+            Tier::ALL.iter().map(|&t| snap.count(t)).sum::<usize>(),
             snap.tasks.len(),
             "tier counts disagree with the task list"
         );

@@ -26,7 +26,8 @@ fn a_plain_tokio_hog_shows_in_the_runtime_scope() {
         let addr = serve_metrics().await;
         let _publisher = MetricsPublisher::new(&pulse)
             .period(Duration::from_millis(20))
-            .spawn();
+            .spawn()
+            .unwrap();
         let hog = tokio::spawn(async {
             loop {
                 spin(Duration::from_millis(2));

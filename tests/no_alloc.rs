@@ -85,9 +85,21 @@ fn allocations_while_polling<F: Future + Unpin>(mut fut: F, warmup: u32) -> u64 
     }
 }
 
+/// A `Pulse` whose tasks are never judged to misbehave on this machine,
+/// however loaded: a task's first offence allocates its origin's record
+/// (once per origin; see the `Yield` test), and a poll descheduled for a
+/// millisecond by other load would count as one.
+fn lenient() -> Pulse {
+    Pulse::builder()
+        .slow_poll_threshold(Duration::from_millis(50))
+        .without_watchdog()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_hundred_thousand_managed_polls_allocate_nothing() {
-    let pulse = Pulse::new();
+    let pulse = lenient();
     let fut = Polls {
         left: 100_010,
         work: Duration::ZERO,
@@ -110,8 +122,9 @@ fn polls_of_a_yield_tier_task_allocate_nothing() {
     let pulse = Pulse::new();
     let highest = Arc::new(HighestTier::default());
     pulse.set_hooks(highest.clone());
-    // 2 ms polls: promoted to Yield within a few polls, then deferred and
-    // timed (CPU time included) on every other poll.
+    // 2 ms polls: promoted to Yield within a few polls (the first offence
+    // allocates the origin's record, during the warm-up), then deferred
+    // and timed (CPU time included) on every other poll.
     let fut = Polls {
         left: 400,
         work: Duration::from_millis(2),
@@ -131,7 +144,7 @@ impl PreemptionHooks for NoopHooks {
 
 #[test]
 fn polls_with_hooks_installed_allocate_nothing() {
-    let pulse = Pulse::new();
+    let pulse = lenient();
     pulse.set_hooks(Arc::new(NoopHooks));
     let fut = Polls {
         left: 100_010,

@@ -23,14 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::spin;
-use tokio_pulse::{PollReport, PreemptionHooks, Pulse, PulseBuilder, TaskInfo, Tier};
+use tokio_pulse::{PollReport, PreemptionHooks, Pulse, PulseBuilder, TaskInfo, Tier, Timing};
 
 /// Settings both configurations share. A window as long as its budget, and
 /// hogs that sleep as long as they compute, keep B from ever promoting on
 /// time used; no watchdog, so a poll descheduled on a busy machine is not
-/// escalated by it.
+/// escalated by it. Exact timing, so that every hog poll is measured under
+/// either configuration (sampled timing would tick at B's 500 ms scale and
+/// leave 4 ms polls unmeasured under it).
 fn common_settings() -> PulseBuilder {
     Pulse::builder()
+        .timing(Timing::Exact)
         .without_watchdog()
         .budget_window(Duration::from_secs(1))
         .cpu_budget(Duration::from_secs(1))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::routing::get;
-use common::{http, spin};
+use common::{http, judged_then_isolated, on_pool, spin, thread_name};
 use tokio_pulse::{PollReport, PreemptionHooks, Pulse, PulseLayer, TaskInfo, Tier};
 
 /// Per-name polls, slow polls and tier changes, as the hooks report them.
@@ -127,8 +127,8 @@ async fn a_cpu_heavy_route_is_attributed_and_made_to_yield_by_name() {
         "heavy requests were not promoted: {heavy:?}"
     );
     assert!(
-        !heavy.tiers.contains(&Tier::Isolate),
-        "a request future cannot be isolated"
+        heavy.tiers.contains(&Tier::Isolate),
+        "heavy requests were not isolated: {heavy:?}"
     );
     // Twenty fast requests, each judged on its own: none made to yield (a
     // one-poll request could at worst be warned about, had the OS
@@ -167,4 +167,91 @@ async fn a_fixed_name_and_the_layer_location_are_recorded() {
     assert_eq!(task.location.line(), line);
     assert_eq!(task.tier, Tier::Monitor);
     client.abort();
+}
+
+/// `/heavy` computes 20 ms in one poll; `/fast` answers at once. Both
+/// record the thread that ran them.
+async fn serve_remembering(pulse: Pulse, seen: Arc<Mutex<Vec<(String, String)>>>) -> SocketAddr {
+    let heavy_seen = seen.clone();
+    let app = Router::new()
+        .route(
+            "/heavy",
+            get(move || async move {
+                spin(Duration::from_millis(20));
+                heavy_seen
+                    .lock()
+                    .unwrap()
+                    .push(("/heavy".into(), thread_name()));
+                "heavy"
+            }),
+        )
+        .route(
+            "/fast",
+            get(move || async move {
+                seen.lock().unwrap().push(("/fast".into(), thread_name()));
+                "fast"
+            }),
+        )
+        .route_layer(PulseLayer::new(&pulse).name_with(|req: &Request| {
+            match req.extensions().get::<MatchedPath>() {
+                Some(path) => Cow::Owned(path.as_str().to_owned()),
+                None => Cow::Borrowed("unmatched"),
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[test]
+fn requests_to_a_route_that_blocks_in_one_poll_start_isolated_after_the_first_few() {
+    let _serial = common::serial_blocking();
+    let server = common::two_worker_runtime();
+    let pulse = Pulse::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = server.block_on(serve_remembering(pulse.clone(), seen.clone()));
+    // The client on its own thread and runtime, one request at a time.
+    std::thread::spawn(move || {
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        client.block_on(async {
+            for i in 0..20 {
+                let path = if i % 2 == 0 { "/heavy" } else { "/fast" };
+                let response = http::get(addr, path).await;
+                assert_eq!(response.status, 200, "{path}");
+                assert_eq!(response.body, &path[1..]);
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let on = |route: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|(r, _)| r == route)
+            .map(|(_, t)| t.clone())
+            .collect()
+    };
+    let heavy = on("/heavy");
+    assert_eq!(heavy.len(), 10);
+    let (judged, then_isolated) = judged_then_isolated(&heavy);
+    assert!(
+        (1..=4).contains(&judged) && then_isolated,
+        "heavy requests not isolated from their first poll after a few: {heavy:?}"
+    );
+    assert!(
+        on("/fast").iter().all(|t| !on_pool(t)),
+        "a fast request was isolated: {seen:?}"
+    );
+    let snapshot = pulse.snapshot();
+    let route = snapshot.origin_named("/heavy").expect("/heavy remembered");
+    assert_eq!(route.starting_tier, Tier::Isolate);
+    assert!(
+        snapshot.origin_named("/fast").is_none(),
+        "{:?}",
+        snapshot.origins
+    );
 }

@@ -8,15 +8,17 @@
 //! A thread rather than a task, so that a runtime starved by a hog (the
 //! moment the numbers matter) still gets its metrics published.
 
+use std::fmt;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
 
+use crate::histogram::{PollHistogram, upper_bound_ns};
 use crate::pulse::Pulse;
-use crate::stats::{POLL_TIME_BUCKETS, POLL_TIME_BUCKETS_NS, Totals};
-use crate::tier::Tier;
+use crate::stats::Totals;
+use crate::tier::{PerTier, Tier};
 
 const TASKS_SPAWNED: &str = "tokio_pulse_tasks_spawned_total";
 const TASKS_ENDED: &str = "tokio_pulse_tasks_ended_total";
@@ -31,6 +33,7 @@ const POLL_SUM: &str = "tokio_pulse_poll_duration_seconds_sum";
 const WATCHDOG_REPORTS: &str = "tokio_pulse_watchdog_reports_total";
 const SLOW_LANE_WAITING: &str = "tokio_pulse_slow_lane_queue_depth";
 const ISOLATED: &str = "tokio_pulse_isolated_tasks";
+const ORIGINS: &str = "tokio_pulse_origins";
 
 /// Publishes what a [`Pulse`] measures as `metrics` counters and gauges.
 ///
@@ -54,12 +57,13 @@ const ISOLATED: &str = "tokio_pulse_isolated_tasks";
 /// | `tokio_pulse_slow_polls_total` | counter | `scope` | polls over the slow-poll threshold |
 /// | `tokio_pulse_promotions_total` | counter | `scope`, `tier` | promotions into `tier`: each is a bad window (too many slow polls, or over budget) |
 /// | `tokio_pulse_demotions_total` | counter | `scope`, `tier` | demotions into `tier` after a run of clean windows |
-/// | `tokio_pulse_poll_duration_seconds_bucket` | counter | `scope`, `le` | polls that took less than `le` seconds |
-/// | `tokio_pulse_poll_duration_seconds_count` | counter | `scope` | polls measured (equals the `le="+Inf"` bucket) |
-/// | `tokio_pulse_poll_duration_seconds_sum` | gauge | `scope` | total time spent in polls, in seconds |
+/// | `tokio_pulse_poll_duration_seconds_bucket` | counter | `scope`, `le` | measured polls that took less than `le` seconds |
+/// | `tokio_pulse_poll_duration_seconds_count` | counter | `scope` | polls measured (equals the `le="+Inf"` bucket; with sampled timing, the polls that outlasted a tick, see [`Timing`](crate::Timing)) |
+/// | `tokio_pulse_poll_duration_seconds_sum` | gauge | `scope` | total time of the measured polls, in seconds |
 /// | `tokio_pulse_watchdog_reports_total` | counter | `scope="managed"` | polls the watchdog found stuck while running |
 /// | `tokio_pulse_slow_lane_queue_depth` | gauge | `scope="managed"` | `Yield`-tier tasks waiting for a slow-lane slot |
 /// | `tokio_pulse_isolated_tasks` | gauge | `scope="managed"` | tasks running on the isolation pool now (`tasks{tier="isolate"}` also counts isolated tasks that could not move) |
+/// | `tokio_pulse_origins` | gauge | `scope="managed"`, `tier` | remembered origins (spawn sites, routes) whose new tasks start at `tier` (see [`Origin`](crate::Origin)) |
 ///
 /// A promotion is counted per bad window that moved a task; bad windows of
 /// a task already at its highest tier move nothing and are not counted.
@@ -68,8 +72,8 @@ const ISOLATED: &str = "tokio_pulse_isolated_tasks";
 /// # The poll-time histogram
 ///
 /// tokio-pulse counts polls in fixed buckets
-/// ([`POLL_TIME_BUCKETS_NS`](crate::POLL_TIME_BUCKETS_NS): powers of four
-/// from 4.096 µs to 1.07 s), one set per task, summed here. The facade's own
+/// ([`PollHistogram`](crate::PollHistogram): powers of four from 4.096 µs
+/// to 1.07 s), one set per task, summed here. The facade's own
 /// histograms take raw samples, so these counts are exported exactly as the
 /// parts of a Prometheus histogram instead: a cumulative counter per `le`
 /// bound, a `_count` counter and a `_sum` gauge (the facade's counters are
@@ -80,7 +84,7 @@ const ISOLATED: &str = "tokio_pulse_isolated_tasks";
 /// `metrics-exporter-prometheus`'s `with_recommended_naming` off: it would
 /// append `_total` to the bucket and count series.
 ///
-/// # Counters only grow
+/// # Counters never go backwards
 ///
 /// [`Pulse::totals`] can dip for an instant while a task ends (its counts
 /// move from the live task to the ended totals); the publisher never sets a
@@ -103,7 +107,8 @@ const ISOLATED: &str = "tokio_pulse_isolated_tasks";
 /// let pulse = Pulse::new();
 /// let _publisher = MetricsPublisher::new(&pulse)
 ///     .period(Duration::from_secs(5))
-///     .spawn(); // publishes until dropped
+///     .spawn() // publishes until dropped
+///     .expect("a positive period, and a thread to publish on");
 /// # }
 /// ```
 #[derive(Debug)]
@@ -132,12 +137,9 @@ impl MetricsPublisher {
         }
     }
 
-    /// How often the spawned publisher publishes.
-    ///
-    /// # Panics
-    /// If `period` is zero.
+    /// How often the spawned publisher publishes. Must be positive:
+    /// [`spawn`](MetricsPublisher::spawn) refuses a zero period.
     pub fn period(mut self, period: Duration) -> Self {
-        assert!(!period.is_zero(), "a publishing period must be positive");
         self.period = period;
         self
     }
@@ -146,10 +148,17 @@ impl MetricsPublisher {
     /// (for their tiers), under each registry shard's lock in turn.
     pub fn publish(&mut self) {
         let totals = self.pulse.totals();
-        let tiers = managed_tier_counts(&self.pulse);
-        self.managed
-            .get_or_insert_with(|| ScopeSeries::register("managed", Tier::Isolate))
-            .publish(&totals, tiers);
+        let engine = self.pulse.engine();
+        let (tiers, origins) = (engine.tier_counts(), engine.origin_tier_counts());
+        let series = self
+            .managed
+            .get_or_insert_with(|| ScopeSeries::register("managed", Tier::Isolate));
+        series.publish(&totals, tiers);
+        if let Some(i) = &series.interventions {
+            for (tier, n) in origins.tiers() {
+                i.origins[tier].set(*n as f64);
+            }
+        }
         #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
         self.publish_runtime();
     }
@@ -157,7 +166,7 @@ impl MetricsPublisher {
     /// The `runtime` scope, once runtime hooks are installed.
     #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
     fn publish_runtime(&mut self) {
-        let tasks = &self.pulse.shared.runtime;
+        let tasks = &self.pulse.engine().runtime;
         if !tasks.installed.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
@@ -169,7 +178,14 @@ impl MetricsPublisher {
 
     /// Publishes now and then once per period on a thread of its own, until
     /// the returned handle is dropped or stopped.
-    pub fn spawn(mut self) -> PublisherHandle {
+    ///
+    /// # Errors
+    /// [`PublisherError::ZeroPeriod`] if the period is zero,
+    /// [`PublisherError::Thread`] if the OS refused the thread.
+    pub fn spawn(mut self) -> Result<PublisherHandle, PublisherError> {
+        if self.period.is_zero() {
+            return Err(PublisherError::ZeroPeriod);
+        }
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
             .name("tokio-pulse-metrics".into())
@@ -184,10 +200,42 @@ impl MetricsPublisher {
                 }
                 self.publish();
             })
-            .expect("failed to spawn the metrics publisher thread");
-        PublisherHandle {
+            .map_err(PublisherError::Thread)?;
+        Ok(PublisherHandle {
             stop: Some(stop),
             thread: Some(thread),
+        })
+    }
+}
+
+/// Why [`MetricsPublisher::spawn`] could not start a publisher.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublisherError {
+    /// The period set with [`MetricsPublisher::period`] is zero.
+    ZeroPeriod,
+    /// The OS refused to start the publisher's thread.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for PublisherError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublisherError::ZeroPeriod => f.write_str(
+                "`MetricsPublisher::period` is zero; a publishing period must be positive",
+            ),
+            PublisherError::Thread(e) => {
+                write!(f, "could not start the metrics publisher's thread: {e}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublisherError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PublisherError::ZeroPeriod => None,
+            PublisherError::Thread(e) => Some(e),
         }
     }
 }
@@ -221,16 +269,6 @@ impl Drop for PublisherHandle {
     }
 }
 
-/// Live managed tasks per tier, without building a snapshot.
-fn managed_tier_counts(pulse: &Pulse) -> [usize; 4] {
-    let mut counts = [0; 4];
-    pulse
-        .shared
-        .registry
-        .for_each(|task| counts[task.tier().index()] += 1);
-    counts
-}
-
 /// A counter that never goes backwards.
 #[derive(Debug)]
 struct Monotonic {
@@ -258,11 +296,11 @@ struct ScopeSeries {
     tasks_ended: Monotonic,
     polls: Monotonic,
     slow_polls: Monotonic,
-    /// Indexed by [`Tier::index`]; `None` for tiers the scope cannot enter.
-    promotions: [Option<Monotonic>; 4],
-    demotions: [Option<Monotonic>; 4],
-    tasks: [Option<Gauge>; 4],
-    buckets: [Monotonic; POLL_TIME_BUCKETS],
+    /// `None` for tiers the scope cannot enter.
+    promotions: PerTier<Option<Monotonic>>,
+    demotions: PerTier<Option<Monotonic>>,
+    tasks: PerTier<Option<Gauge>>,
+    buckets: [Monotonic; PollHistogram::BUCKETS],
     count: Monotonic,
     sum: Gauge,
     sum_last: f64,
@@ -276,6 +314,7 @@ struct InterventionSeries {
     watchdog_reports: Monotonic,
     slow_lane_waiting: Gauge,
     isolated: Gauge,
+    origins: PerTier<Gauge>,
 }
 
 impl ScopeSeries {
@@ -283,14 +322,14 @@ impl ScopeSeries {
     fn register(scope: &'static str, max_tier: Tier) -> Self {
         describe();
         let by_tier = |name: &'static str, reachable: fn(Tier) -> bool| {
-            Tier::ALL.map(|t| {
+            PerTier::from_fn(|t| {
                 (t <= max_tier && reachable(t))
                     .then(|| Monotonic::new(counter!(name, "scope" => scope, "tier" => t.as_str())))
             })
         };
         let buckets = std::array::from_fn(|i| {
-            let le = match POLL_TIME_BUCKETS_NS.get(i) {
-                Some(&ns) => (ns as f64 / 1e9).to_string(),
+            let le = match upper_bound_ns(i) {
+                Some(ns) => (ns as f64 / 1e9).to_string(),
                 None => "+Inf".to_owned(),
             };
             Monotonic::new(counter!(POLL_BUCKET, "scope" => scope, "le" => le))
@@ -302,7 +341,7 @@ impl ScopeSeries {
             slow_polls: Monotonic::new(counter!(SLOW_POLLS, "scope" => scope)),
             promotions: by_tier(PROMOTIONS, |t| t > Tier::Monitor),
             demotions: by_tier(DEMOTIONS, |t| t < Tier::Isolate),
-            tasks: Tier::ALL.map(|t| {
+            tasks: PerTier::from_fn(|t| {
                 (t <= max_tier).then(|| gauge!(TASKS, "scope" => scope, "tier" => t.as_str()))
             }),
             buckets,
@@ -313,28 +352,27 @@ impl ScopeSeries {
                 watchdog_reports: Monotonic::new(counter!(WATCHDOG_REPORTS, "scope" => scope)),
                 slow_lane_waiting: gauge!(SLOW_LANE_WAITING, "scope" => scope),
                 isolated: gauge!(ISOLATED, "scope" => scope),
+                origins: PerTier::from_fn(
+                    |t| gauge!(ORIGINS, "scope" => scope, "tier" => t.as_str()),
+                ),
             }),
         }
     }
 
-    fn publish(&mut self, totals: &Totals, tiers: [usize; 4]) {
+    fn publish(&mut self, totals: &Totals, tiers: PerTier<usize>) {
         self.tasks_spawned.set(totals.tasks_spawned);
         self.tasks_ended.set(totals.tasks_ended);
         self.polls.set(totals.polls);
         self.slow_polls.set(totals.slow_polls);
-        for (i, counter) in self.promotions.iter_mut().enumerate() {
-            if let Some(c) = counter {
-                c.set(totals.promotions[i]);
+        for tier in Tier::ALL {
+            if let Some(c) = &mut self.promotions[tier] {
+                c.set(totals.promotions[tier]);
             }
-        }
-        for (i, counter) in self.demotions.iter_mut().enumerate() {
-            if let Some(c) = counter {
-                c.set(totals.demotions[i]);
+            if let Some(c) = &mut self.demotions[tier] {
+                c.set(totals.demotions[tier]);
             }
-        }
-        for (gauge, n) in self.tasks.iter().zip(tiers) {
-            if let Some(g) = gauge {
-                g.set(n as f64);
+            if let Some(g) = &self.tasks[tier] {
+                g.set(tiers[tier] as f64);
             }
         }
         let mut cumulative = 0;
@@ -347,7 +385,7 @@ impl ScopeSeries {
             bucket.set(cumulative);
         }
         self.count.set(cumulative);
-        let sum = totals.poll_time.as_secs_f64();
+        let sum = totals.measured_poll_time.as_secs_f64();
         if sum > self.sum_last {
             self.sum_last = sum;
             self.sum.set(sum);
@@ -380,6 +418,11 @@ fn describe() {
         "Yield-tier tasks waiting for a slow-lane slot."
     );
     describe_gauge!(ISOLATED, Unit::Count, "Tasks on the isolation pool now.");
+    describe_gauge!(
+        ORIGINS,
+        Unit::Count,
+        "Remembered origins (spawn sites, routes) whose new tasks start at each tier."
+    );
     describe_counter!(POLLS, Unit::Count, "Polls.");
     describe_counter!(
         SLOW_POLLS,
@@ -405,13 +448,26 @@ fn describe() {
     describe_gauge!(
         POLL_SUM,
         Unit::Seconds,
-        "Total time spent in polls (only grows)."
+        "Total time spent in polls (never published lower than before)."
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_period_is_refused_with_a_message_naming_the_setter() {
+        let err = MetricsPublisher::new(&Pulse::new())
+            .period(Duration::ZERO)
+            .spawn()
+            .expect_err("a zero period was accepted");
+        assert!(matches!(err, PublisherError::ZeroPeriod));
+        assert!(
+            err.to_string().contains("MetricsPublisher::period"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_monotonic_counter_ignores_dips() {

@@ -9,13 +9,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Wake, Waker};
 
-use super::handoff::{PoolJob, drop_quietly};
+use super::handoff::{JobState, PoolJob};
 use super::priority::{self, IsolationPriority};
+use crate::fault::{catch, drop_quietly, spawn_thread};
+use crate::sync::{lock, wait};
 
 /// Prefix of the pool threads' names; each ends in its index.
 pub(crate) const THREAD_NAME_PREFIX: &str = "pulse-isolate-";
@@ -55,10 +56,7 @@ impl Wake for PoolTask {
             return;
         }
         if let Some(pool) = self.pool.upgrade() {
-            pool.queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(Arc::clone(self));
+            lock(&pool.queue).push_back(Arc::clone(self));
             pool.available.notify_one();
         }
     }
@@ -73,9 +71,9 @@ impl IsolationPool {
         let mut last_error = None;
         for i in 0..threads {
             let shared = Arc::clone(&shared);
-            let spawned = std::thread::Builder::new()
-                .name(format!("{THREAD_NAME_PREFIX}{i}"))
-                .spawn(move || run(&shared, priority));
+            let spawned = spawn_thread(format!("{THREAD_NAME_PREFIX}{i}"), move || {
+                run(&shared, priority)
+            });
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => last_error = Some(e),
@@ -124,17 +122,22 @@ fn run(pool: &PoolShared, priority: IsolationPriority) {
         task.scheduled.store(false, SeqCst);
         let waker = Waker::from(Arc::clone(&task));
         let mut cx = Context::from_waker(&waker);
-        let mut job = task.job.lock().unwrap_or_else(|p| p.into_inner());
+        let mut job = lock(&task.job);
         if let Some(j) = job.as_mut() {
             let _runtime = task.runtime.as_ref().map(tokio::runtime::Handle::enter);
             // `run` catches the panics of the future and the hooks; this
             // is the last line of defence for the thread, should anything
             // else in a job panic: the job is then dropped.
-            let finished = catch_unwind(AssertUnwindSafe(|| j.run(&mut cx))).unwrap_or(true);
-            if finished {
+            let state = catch(|| j.run(&mut cx)).unwrap_or(JobState::Done);
+            if state == JobState::Done {
                 // Dropped here, with the runtime still entered: a future's
                 // destructor may deregister timers or I/O.
-                drop_quietly(job.take());
+                if let Some(panic) = drop_quietly(job.take()) {
+                    tracing::error!(
+                        panic,
+                        "tokio-pulse: dropping a finished isolation job panicked; the panic is ignored"
+                    );
+                }
             }
         }
     }
@@ -142,7 +145,7 @@ fn run(pool: &PoolShared, priority: IsolationPriority) {
 
 /// The next task to run, or `None` once the pool shuts down.
 fn next(pool: &PoolShared) -> Option<Arc<PoolTask>> {
-    let mut queue = pool.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut queue = lock(&pool.queue);
     loop {
         if pool.shutdown.load(SeqCst) {
             return None;
@@ -150,9 +153,6 @@ fn next(pool: &PoolShared) -> Option<Arc<PoolTask>> {
         if let Some(task) = queue.pop_front() {
             return Some(task);
         }
-        queue = pool
-            .available
-            .wait(queue)
-            .unwrap_or_else(|p| p.into_inner());
+        queue = wait(&pool.available, queue);
     }
 }

@@ -4,21 +4,21 @@
 //! tokio-pulse costs. Two sources are used, for two questions:
 //!
 //! - **Wall time** ("how long did this poll hold the worker?") comes from
-//!   the CPU's invariant time-stamp counter through [`quanta`]: about 10 ns a
-//!   read on x86-64, against ~25 ns for `Instant::now()` through the vDSO.
+//!   the CPU's invariant time-stamp counter through [`quanta`]: a fraction of
+//!   the cost of `Instant::now()` through the vDSO (BENCHMARKS.md, "clock").
 //!   Where no invariant TSC exists, quanta falls back to the OS monotonic
 //!   clock, so the numbers stay right and only get slower. Wall time is what
 //!   starves other tasks (a poll that blocks in a syscall holds the worker as
 //!   surely as one that computes), so it alone drives the tiers.
 //! - **Thread CPU time** ("was the worker computing, or blocked?") costs a
-//!   real syscall-class read (~180-230 ns on Linux x86-64 here), so it is
+//!   system call on Linux (BENCHMARKS.md, "CPU time"), so it is
 //!   never read on every poll: only tasks already at [`Tier::Warn`] or above
 //!   (suspects) pay for it, only around their long polls, and only to tell a
 //!   CPU hog from a blocker in what they report. See [`cpu`].
 //!
 //! [`Tier::Warn`]: crate::Tier::Warn
 
-pub(crate) mod cpu;
+pub(crate) mod schedstat;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -7,11 +7,35 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_pulse::{PreemptionHooks, TaskInfo, Tier};
 
-/// Burns CPU on the calling thread for `d`, without yielding: a hog's poll.
+/// Burns `d` of CPU time on the calling thread, without yielding: a hog's
+/// poll. Counted in the thread's CPU time, not the wall clock's, so a hog is
+/// as big a hog on a loaded machine (where the OS also runs other things
+/// while it spins, which tokio-pulse does not blame it for) as on a quiet
+/// one.
 pub fn spin(d: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < d {
+    let start = thread_cpu();
+    while thread_cpu() - start < d {
         std::hint::spin_loop();
+    }
+}
+
+/// The calling thread's CPU time (wall time where the platform cannot tell).
+pub fn thread_cpu() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::sync::OnceLock;
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
     }
 }
 
@@ -103,6 +127,30 @@ pub fn thread_names() -> Vec<String> {
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     SERIAL.lock().await
+}
+
+/// The calling thread's name ("" if it has none).
+pub fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("").to_owned()
+}
+
+/// Whether a thread of that name belongs to an isolation pool.
+pub fn on_pool(thread_name: &str) -> bool {
+    thread_name.starts_with("pulse-isolate-")
+}
+
+/// How many of `threads` (the threads successive tasks ran on) come before
+/// the first pool thread, and whether every one from there on is a pool
+/// thread.
+pub fn judged_then_isolated(threads: &[String]) -> (usize, bool) {
+    let judged = threads.iter().take_while(|t| !on_pool(t)).count();
+    (judged, threads[judged..].iter().all(|t| on_pool(t)))
+}
+
+/// Like [`serial`], for tests that are not async.
+pub fn serial_blocking() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A multi-thread runtime with two workers (this project's machines have two
