@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::budget::BudgetLimits;
 use crate::isolation::IsolationPriority;
 use crate::origins::OriginSettings;
+use crate::stack::{self, StackCapture};
 use crate::tier::{EscalationPolicy, Tier};
 use crate::timing::as_nanos;
 
@@ -164,6 +165,7 @@ pub(crate) struct Interventions {
     pub isolation_priority: IsolationPriority,
     /// `None`: no watchdog.
     pub watchdog_threshold: Option<Duration>,
+    pub stack_capture: StackCapture,
 }
 
 impl Default for Interventions {
@@ -174,6 +176,7 @@ impl Default for Interventions {
             isolation_threads: cores,
             isolation_priority: IsolationPriority::default(),
             watchdog_threshold: Some(DEFAULT_WATCHDOG_THRESHOLD),
+            stack_capture: StackCapture::default(),
         }
     }
 }
@@ -307,6 +310,23 @@ impl Config {
                 });
             }
         }
+        if let StackCapture::Signal(signal) = i.stack_capture {
+            // Where capture is not supported, any setting means off.
+            if let Some(range) = stack::signal_range().filter(|r| !r.contains(&signal)) {
+                static RULE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                return Err(ConfigError::OutOfRange {
+                    field: "stack_capture",
+                    value: format!("StackCapture::Signal({signal})"),
+                    rule: RULE.get_or_init(|| {
+                        format!(
+                            "a real-time signal, from SIGRTMIN ({}) to SIGRTMAX ({}), that the application does not use",
+                            range.start(),
+                            range.end()
+                        )
+                    }),
+                });
+            }
+        }
         if let Some(threshold) = i.watchdog_threshold {
             if threshold <= self.slow_poll_threshold {
                 return Err(ConfigError::Inconsistent {
@@ -365,6 +385,7 @@ struct Overrides {
     isolation_threads: Option<usize>,
     isolation_priority: Option<IsolationPriority>,
     watchdog_threshold: Option<Option<Duration>>,
+    stack_capture: Option<StackCapture>,
     origin_capacity: Option<Option<usize>>,
     origin_clean_tasks: Option<u32>,
     timing: Option<Timing>,
@@ -479,6 +500,26 @@ impl PulseBuilder {
         self
     }
 
+    /// Whether the watchdog captures the stack of a stuck poll's thread,
+    /// and with which signal: [`StackCapture::On`] (the default, signal
+    /// `SIGRTMIN() + 6`), [`StackCapture::Signal`] to pick another
+    /// real-time signal, [`StackCapture::Off`]. Only on Linux on x86-64 and
+    /// aarch64; elsewhere it is always off. A signal outside `SIGRTMIN()`
+    /// to `SIGRTMAX()` is refused by `build`; one the application handles
+    /// turns capture off for the `Pulse` (see [`StackCapture`]). Fixed once
+    /// the `Pulse` is built.
+    ///
+    /// ```
+    /// use tokio_pulse::{Pulse, StackCapture};
+    ///
+    /// let pulse = Pulse::builder().stack_capture(StackCapture::Off).build()?;
+    /// # Ok::<(), tokio_pulse::ConfigError>(())
+    /// ```
+    pub fn stack_capture(mut self, capture: StackCapture) -> Self {
+        self.overrides.stack_capture = Some(capture);
+        self
+    }
+
     /// How many origins (spawn sites and task names, see
     /// [`Origin`](crate::Origin)) whose tasks misbehaved are remembered at
     /// once, so that their new tasks start at the tier they earned.
@@ -554,6 +595,7 @@ impl PulseBuilder {
                 watchdog_threshold: o
                     .watchdog_threshold
                     .unwrap_or(d.interventions.watchdog_threshold),
+                stack_capture: o.stack_capture.unwrap_or(d.interventions.stack_capture),
             },
             origins: o
                 .origin_capacity

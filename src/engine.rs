@@ -27,6 +27,7 @@ use crate::origins::{OriginChange, OriginMemory, OriginRef};
 use crate::registry::Registry;
 use crate::slow_lane::SlowLane;
 use crate::snapshot::{Snapshot, TaskSnapshot};
+use crate::stack::{CaptureState, StackCapturer};
 use crate::stats::{PulseStats, Totals};
 use crate::sync::lock;
 use crate::task::{TaskInfo, TaskShared};
@@ -59,6 +60,8 @@ pub(crate) struct Engine {
     /// Started when the first task is isolated.
     pool: OnceLock<Result<IsolationPool, String>>,
     watchdog: Mutex<Component>,
+    /// The watchdog's stack captures.
+    stacks: StackCapturer,
     /// How tasks from each origin behaved; `None` when turned off.
     origins: Option<OriginMemory>,
     /// Tasks observed through Tokio's task hooks, not managed.
@@ -101,6 +104,12 @@ pub struct Health {
     /// isolated. While it is not running, tasks promoted to `Isolate`
     /// stay on the main workers in the slow lane, as if capped at `Yield`.
     pub isolation_pool: Component,
+    /// The watchdog's capture of stuck threads' stacks (see
+    /// [`StackCapture`](crate::StackCapture)). `Disabled` when turned off,
+    /// without a watchdog, and on platforms other than Linux on x86-64
+    /// and aarch64; `Failed` when its signal is used by the application
+    /// (stacks are then `None`; stuck polls are still reported).
+    pub stack_capture: Component,
 }
 
 /// The state of one background part of a `Pulse`.
@@ -111,9 +120,11 @@ pub enum Component {
     Running,
     /// Not started yet: it starts on first use.
     NotStarted,
-    /// Turned off by the configuration.
+    /// Turned off by the configuration (or, for stack capture, not
+    /// supported on this platform).
     Disabled,
-    /// The OS refused its thread; the message says why.
+    /// It could not run: the OS refused its thread, or (stack capture) its
+    /// signal is used by the application. The message says why.
     Failed(String),
 }
 
@@ -142,6 +153,11 @@ impl Engine {
             stats: PulseStats::default(),
             pool: OnceLock::new(),
             watchdog: Mutex::new(Component::Disabled),
+            stacks: if config.interventions.watchdog_threshold.is_some() {
+                StackCapturer::start(config.interventions.stack_capture)
+            } else {
+                StackCapturer::off()
+            },
             origins: config.origins.map(OriginMemory::new),
             reconfiguring: Mutex::new(()),
             config: ArcSwap::from_pointee(config),
@@ -350,6 +366,7 @@ impl Engine {
                 "without_watchdog",
                 o.watchdog_threshold.is_some() != n.watchdog_threshold.is_some(),
             ),
+            ("stack_capture", o.stack_capture != n.stack_capture),
             (
                 "without_origin_memory",
                 old.origins.is_some() != new.origins.is_some(),
@@ -396,13 +413,23 @@ impl Engine {
     }
 
     pub(crate) fn health(&self) -> Health {
+        let watchdog = lock(&self.watchdog).clone();
+        let stack_capture = match (&watchdog, self.stacks.state()) {
+            (Component::Failed(_), CaptureState::Running) => {
+                Component::Failed("the watchdog is not running: no poll is reported".to_owned())
+            }
+            (_, CaptureState::Running) => Component::Running,
+            (_, CaptureState::Off) => Component::Disabled,
+            (_, CaptureState::Failed(reason)) => Component::Failed(reason),
+        };
         Health {
-            watchdog: lock(&self.watchdog).clone(),
+            watchdog,
             isolation_pool: match self.pool.get() {
                 None => Component::NotStarted,
                 Some(Ok(_)) => Component::Running,
                 Some(Err(e)) => Component::Failed(e.clone()),
             },
+            stack_capture,
         }
     }
 }
@@ -417,6 +444,7 @@ impl Engine {
         let threshold = self.config().interventions.watchdog_threshold.map(as_nanos);
         let fine = self.ticker.is_fine();
         let mut seen = Seen::default();
+        let mut stuck = Vec::new();
         slots.sweep_start();
         context::for_each_slot(|slot| {
             let memory = slots.of(slot);
@@ -447,9 +475,20 @@ impl Engine {
                     running_ns = charged(running_ns, now_ns - stamp_ns, now.since(before)).run_ns;
                 }
             }
-            watchdog::check(slot, poll, running_ns, threshold_ns, &self.stats);
+            stuck.extend(watchdog::check(
+                slot,
+                poll,
+                running_ns,
+                threshold_ns,
+                &self.stats,
+            ));
         });
         slots.sweep_end();
+        // Reported with the slots' list let go: a capture waits for the
+        // stuck thread, and the first one loads the debug information.
+        for stuck in stuck {
+            watchdog::report(stuck, &self.stacks);
+        }
         seen
     }
 }

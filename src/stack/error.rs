@@ -10,6 +10,14 @@ use std::time::Duration;
 #[non_exhaustive]
 pub(crate) enum StackError {
     /// This platform has no stack capture (only Linux on x86-64 and aarch64).
+    // Constructed on the other platforms only.
+    #[cfg_attr(
+        all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ),
+        allow(dead_code)
+    )]
     Unsupported,
     /// The signal is not a real-time signal this process may use.
     InvalidSignal { signal: i32, min: i32, max: i32 },
@@ -86,6 +94,14 @@ impl std::error::Error for StackError {
 #[non_exhaustive]
 pub(crate) enum CaptureError {
     /// This platform has no stack capture.
+    // Constructed on the other platforms only.
+    #[cfg_attr(
+        all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ),
+        allow(dead_code)
+    )]
     Unsupported,
     /// The thread has exited; there is nothing to capture.
     ThreadExited { tid: i32 },
@@ -101,6 +117,12 @@ pub(crate) enum CaptureError {
     Busy,
     /// `tgkill` failed for another reason than the thread being gone.
     Signal { tid: i32, source: io::Error },
+    /// The copy was made, but the thread had moved on by then (the
+    /// caller's check failed): it was discarded.
+    MovedOn,
+    /// The thread could not be registered for capture when it started
+    /// (see [`StackError`]); the reason.
+    Unregistered(String),
 }
 
 impl fmt::Display for CaptureError {
@@ -131,6 +153,13 @@ impl fmt::Display for CaptureError {
                     f,
                     "could not signal thread {tid} for a stack capture: {source}"
                 )
+            }
+            Self::MovedOn => f.write_str(
+                "the thread had moved on (its stuck poll ended) before its stack was copied; \
+                 the copy was discarded",
+            ),
+            Self::Unregistered(reason) => {
+                write!(f, "this thread cannot be captured: {reason}")
             }
         }
     }

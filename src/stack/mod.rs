@@ -35,16 +35,13 @@
 //! On targets other than Linux on x86-64 or aarch64 the same API exists and
 //! every call returns an "unsupported" error.
 
-// The watchdog wires this module in; until then parts of the API have no
-// caller outside the tests.
-#![allow(dead_code)]
-
+mod capturer;
 mod error;
 mod trace;
 
+pub use capturer::StackCapture;
+pub(crate) use capturer::{CaptureState, StackCapturer, signal_range};
 pub(crate) use error::{CaptureError, StackError};
-// Unused until the watchdog wires the module in.
-#[allow(unused_imports)]
 pub(crate) use trace::{Frame, Stack, Symbol};
 
 #[cfg(all(
@@ -56,7 +53,6 @@ mod linux;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-#[allow(unused_imports)]
 pub(crate) use linux::{StackSampler, ThreadHandle};
 
 #[cfg(not(all(
@@ -68,5 +64,4 @@ mod unsupported;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-#[allow(unused_imports)]
 pub(crate) use unsupported::{StackSampler, ThreadHandle};

@@ -53,6 +53,7 @@ pub(crate) struct Symbol {
 impl Stack {
     /// The index of the first frame with a function whose name contains
     /// `needle`, for callers that look for a known function.
+    #[cfg(test)]
     pub(crate) fn position(&self, needle: &str) -> Option<usize> {
         self.frames.iter().position(|frame| {
             frame

@@ -14,14 +14,6 @@ impl ThreadHandle {
     pub(crate) fn current() -> Result<Self, StackError> {
         Err(StackError::Unsupported)
     }
-
-    pub(crate) fn tid(&self) -> i32 {
-        0
-    }
-
-    pub(crate) fn is_alive(&self) -> bool {
-        false
-    }
 }
 
 /// See the Linux `StackSampler`; here it cannot be installed.
@@ -35,18 +27,19 @@ impl StackSampler {
         0
     }
 
+    pub(crate) fn signal_range() -> Option<std::ops::RangeInclusive<i32>> {
+        None
+    }
+
     pub(crate) fn install(_signal: i32) -> Result<&'static Self, StackError> {
         Err(StackError::Unsupported)
     }
 
-    pub(crate) fn signal(&self) -> i32 {
-        0
-    }
-
-    pub(crate) fn capture(
+    pub(crate) fn capture_if(
         &self,
         _thread: &ThreadHandle,
         _timeout: Duration,
+        _keep: impl FnOnce() -> bool,
     ) -> Result<Stack, CaptureError> {
         Err(CaptureError::Unsupported)
     }

@@ -61,6 +61,11 @@ impl StackSampler {
         libc::SIGRTMIN() + DEFAULT_SIGNAL_OFFSET
     }
 
+    /// The signals [`install`](Self::install) accepts: the real-time ones.
+    pub(crate) fn signal_range() -> Option<std::ops::RangeInclusive<i32>> {
+        Some(libc::SIGRTMIN()..=libc::SIGRTMAX())
+    }
+
     /// Installs the capture handler for `signal`, a real-time signal, and
     /// returns the sampler for it. Callers asking for the same signal get
     /// the same sampler.
@@ -95,6 +100,7 @@ impl StackSampler {
     }
 
     /// The signal this sampler sends.
+    #[cfg(test)]
     pub(crate) fn signal(&self) -> i32 {
         self.signal
     }
@@ -119,10 +125,30 @@ impl StackSampler {
     /// either is let go before they are taken, so the capture only waits
     /// for it to release them. A thread stuck forever inside the loader
     /// (in `dlopen`, or a library constructor) would hold the capture too.
+    #[cfg(test)]
     pub(crate) fn capture(
         &self,
         thread: &ThreadHandle,
         timeout: Duration,
+    ) -> Result<Stack, CaptureError> {
+        self.capture_if(thread, timeout, || true)
+    }
+
+    /// Like [`capture`](Self::capture), but keeps the copy only if `keep()`
+    /// holds once it is made; otherwise returns
+    /// [`CaptureError::MovedOn`] without unwinding it.
+    ///
+    /// `keep` runs after the handler has finished (its completion is read
+    /// with `Acquire`, and the handler publishes it with `Release` after
+    /// the copy), so everything the thread did before it was interrupted
+    /// is visible to `keep`: if `keep` finds the thread still in the state
+    /// it was in before the signal was sent, the copy was taken in that
+    /// state.
+    pub(crate) fn capture_if(
+        &self,
+        thread: &ThreadHandle,
+        timeout: Duration,
+        keep: impl FnOnce() -> bool,
     ) -> Result<Stack, CaptureError> {
         // Only send the signal while our handler is installed: under the
         // default action a real-time signal terminates the process, and
@@ -136,6 +162,9 @@ impl StackSampler {
             let mut capturer = CAPTURER.lock().unwrap_or_else(PoisonError::into_inner);
             let Capturer { slot, unwinder } = &mut *capturer;
             let copy = slot.interrupt(&thread.record, self.signal, timeout)?;
+            if !keep() {
+                return Err(CaptureError::MovedOn);
+            }
             unwinder.get_or_insert_with(Unwinder::new).walk(&copy)
         };
         Ok(symbolize(walk))

@@ -69,11 +69,13 @@ impl ThreadHandle {
     }
 
     /// The thread's kernel id (as `gettid` returns it).
+    #[cfg(test)]
     pub(crate) fn tid(&self) -> i32 {
         self.record.tid
     }
 
     /// Whether the thread was alive when this was called.
+    #[cfg(test)]
     pub(crate) fn is_alive(&self) -> bool {
         self.record.alive.load(Ordering::Acquire)
     }
