@@ -692,6 +692,17 @@ mod tests {
             matches!(health.isolation_pool, Component::Failed(_)),
             "{health:?}"
         );
+        // Nothing to capture stacks for without the watchdog.
+        let supported = cfg!(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ));
+        if supported {
+            assert!(
+                matches!(health.stack_capture, Component::Failed(ref e) if e.contains("watchdog")),
+                "{health:?}"
+            );
+        }
         // Still usable: snapshots and totals answer.
         assert_eq!(engine.snapshot().tasks.len(), 0);
         assert_eq!(engine.totals().tasks_spawned, 0);
@@ -702,7 +713,23 @@ mod tests {
         let engine = Engine::start(Config::default());
         assert_eq!(engine.health().watchdog, Component::Running);
         assert_eq!(engine.health().isolation_pool, Component::NotStarted);
+        let supported = cfg!(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ));
+        let capture = engine.health().stack_capture;
+        if supported {
+            assert_eq!(capture, Component::Running);
+        } else {
+            assert_eq!(capture, Component::Disabled);
+        }
         let off = Engine::start(config(PulseBuilder::new().without_watchdog()));
         assert_eq!(off.health().watchdog, Component::Disabled);
+        assert_eq!(off.health().stack_capture, Component::Disabled);
+        let uncaptured = Engine::start(config(
+            PulseBuilder::new().stack_capture(crate::stack::StackCapture::Off),
+        ));
+        assert_eq!(uncaptured.health().watchdog, Component::Running);
+        assert_eq!(uncaptured.health().stack_capture, Component::Disabled);
     }
 }

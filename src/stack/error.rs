@@ -6,6 +6,14 @@ use std::time::Duration;
 
 /// Setting up stack capture failed: installing the signal handler, or
 /// recording a thread. The caller should run without stack capture.
+// Elsewhere than Linux only `Unsupported` is made.
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code)
+)]
 #[derive(Debug)]
 #[non_exhaustive]
 pub(crate) enum StackError {
@@ -90,6 +98,14 @@ impl std::error::Error for StackError {
 }
 
 /// One capture failed. The sampler stays usable: later captures may succeed.
+// Elsewhere than Linux only `Unsupported` is made.
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code)
+)]
 #[derive(Debug)]
 #[non_exhaustive]
 pub(crate) enum CaptureError {

@@ -42,7 +42,7 @@ mod trace;
 pub use capturer::StackCapture;
 pub(crate) use capturer::{CaptureState, StackCapturer, signal_range};
 pub(crate) use error::{CaptureError, StackError};
-pub(crate) use trace::{Frame, Stack, Symbol};
+pub(crate) use trace::Stack;
 
 #[cfg(all(
     target_os = "linux",
@@ -54,6 +54,11 @@ mod linux;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 pub(crate) use linux::{StackSampler, ThreadHandle};
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+use trace::{Frame, Symbol};
 
 #[cfg(not(all(
     target_os = "linux",
