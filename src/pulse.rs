@@ -129,8 +129,10 @@ impl Pulse {
     }
 
     /// Whether the watchdog and the isolation pool, which run on threads
-    /// of their own, are up. See [`Health`] for what is lost when the OS
-    /// refused one of them its threads.
+    /// of their own, are up, and whether the watchdog captures stuck
+    /// threads' stacks. See [`Health`] for what is lost when the OS
+    /// refused one of them its threads, or the application uses the
+    /// capture's signal.
     pub fn health(&self) -> Health {
         self.engine.health()
     }

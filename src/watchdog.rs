@@ -223,12 +223,12 @@ mod tests {
     /// Starts a thread that enters a poll of `task` and then runs `body`
     /// (which may end the poll, by dropping the scope it is given).
     fn polling(task: &Arc<TaskShared>, body: impl FnOnce(PollScope) + Send + 'static) -> Polling {
-        let ticker: &'static Ticker = Box::leak(Box::new(Ticker::new(0)));
         let (entered_tx, entered) = mpsc::channel();
         let join = std::thread::spawn({
             let task = Arc::clone(task);
             move || {
-                let scope = PollScope::enter(&task, ticker, Tick::from_count(0), false);
+                let ticker = Ticker::new(0);
+                let scope = PollScope::enter(&task, &ticker, Tick::from_count(0), false);
                 entered_tx.send(()).unwrap();
                 body(scope);
             }

@@ -97,9 +97,9 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// The watchdog never captures a backtrace (Rust cannot soundly walk
-/// another thread's stack): its report must identify the stuck poll
-/// without one, also when the thread it runs on has no name to give.
+/// The report identifies the stuck poll by its task and spawn site, also
+/// when the thread it runs on has no name to give (and whether or not its
+/// stack could be captured: see `tests/stack_capture.rs`).
 #[test]
 fn a_stuck_poll_on_an_unnamed_thread_is_reported_with_its_task_and_spawn_site() {
     let logs = captured_logs();

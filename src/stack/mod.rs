@@ -34,6 +34,12 @@
 //!
 //! On targets other than Linux on x86-64 or aarch64 the same API exists and
 //! every call returns an "unsupported" error.
+//!
+//! The watchdog uses it through a [`StackCapturer`] per `Pulse`
+//! (`capturer`): installed when the `Pulse` is built, as its
+//! [`StackCapture`] setting says, and asked for one capture per stuck poll.
+//! Threads register themselves ([`ThreadHandle::current`]) when their
+//! thread slot is made (`context`), once per thread.
 
 mod capturer;
 mod error;
