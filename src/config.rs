@@ -72,7 +72,10 @@ pub enum Timing {
     /// at most one tick short. What it means for each figure:
     ///
     /// - [`TaskSnapshot::polls`](crate::TaskSnapshot::polls),
-    ///   [`Totals::polls`](crate::Totals::polls): exact.
+    ///   [`Totals::polls`](crate::Totals::polls): every poll is counted,
+    ///   but a live task publishes its count at its first poll after each
+    ///   tick, so a reading can miss the polls since the latest tick; an
+    ///   ended task's count is exact.
     /// - slow polls, the longest poll, the poll-time histogram, the
     ///   [`PollReport::duration`](crate::PollReport::duration) hooks see:
     ///   measured polls only, at that lower bound; a poll shorter than a

@@ -10,7 +10,7 @@
 //! Modules below it (the lane, the pool, the watchdog's scan, the
 //! registry) know nothing of it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -76,6 +76,21 @@ struct Hot {
     generation: AtomicU64,
     /// Every poll reads the clock (`Timing::Exact`, or no ticker thread).
     exact: AtomicBool,
+    /// The configuration's highest tier, for a spawn (see `spawn_terms`).
+    max_tier: AtomicU8,
+    /// The configuration's budget window, for a spawn.
+    window_ns: AtomicU64,
+}
+
+/// What a new task takes from the configuration in force.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpawnTerms {
+    /// The generation they are from.
+    pub generation: u64,
+    /// The highest tier the task may reach.
+    pub max_tier: Tier,
+    /// The length of a budget window.
+    pub window_ns: u64,
 }
 
 /// Which set of tasks a tier change belongs to.
@@ -140,6 +155,8 @@ impl Engine {
             hot: CachePadded::new(Hot {
                 generation: AtomicU64::new(0),
                 exact: AtomicBool::new(config.timing == Timing::Exact),
+                max_tier: AtomicU8::new(config.max_tier as u8),
+                window_ns: AtomicU64::new(as_nanos(config.budget_window)),
             }),
             warnings: RateLimiter::new(config.max_warnings_per_second),
             lane: SlowLane::new(
@@ -205,6 +222,21 @@ impl Engine {
         // the task's next poll, never missed.
         let generation = self.hot.generation.load(Ordering::Acquire);
         (self.config().escalation_policy(max_tier), generation)
+    }
+
+    /// What a new task that can reach `max_tier` at most takes from the
+    /// configuration: read from the engine's hot line, not the
+    /// configuration itself, which costs a spawn more than the rest of its
+    /// bookkeeping. A reconfiguration in between is seen at the task's
+    /// first poll, as by `policy`.
+    #[inline]
+    pub(crate) fn spawn_terms(&self, max_tier: Tier) -> SpawnTerms {
+        let generation = self.hot.generation.load(Ordering::Acquire);
+        SpawnTerms {
+            generation,
+            max_tier: Tier::from_u8(self.hot.max_tier.load(Ordering::Relaxed)).min(max_tier),
+            window_ns: self.hot.window_ns.load(Ordering::Relaxed),
+        }
     }
 
     /// The tier a new task from `origin` starts at: the one its origin
@@ -391,6 +423,12 @@ impl Engine {
             Ordering::Relaxed,
         );
         self.ticker.set_slow_poll(new.slow_poll_threshold);
+        self.hot
+            .max_tier
+            .store(new.max_tier as u8, Ordering::Relaxed);
+        self.hot
+            .window_ns
+            .store(as_nanos(new.budget_window), Ordering::Relaxed);
         self.config.store(Arc::new(new));
         self.hot.generation.fetch_add(1, Ordering::Release);
         Ok(())

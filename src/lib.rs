@@ -110,6 +110,7 @@ mod stats;
 mod sync;
 mod task;
 mod task_core;
+mod task_memory;
 mod ticker;
 mod tier;
 mod timing;

@@ -1,16 +1,17 @@
 //! The wrapper around every managed future.
 //!
-//! Per poll, with no hooks and a well-behaved task, it costs two clock reads,
-//! a thread-local write and restore, and a handful of relaxed loads and
-//! stores on the task's own state: no allocation, no lock, no lookup (the
-//! measured cost is in BENCHMARKS.md). Everything else (tier changes,
-//! events, CPU time, the slow lane, the isolation pool) is off that path,
-//! taken only by tasks that have already misbehaved.
+//! Per poll, with no hooks and a well-behaved task, it reads no clock: it
+//! publishes the poll in its thread's slot, polls, counts, and compares
+//! the ticker's tick with the one it saw before (see `task_core`): no
+//! allocation, no lock, no lookup (the measured cost is in BENCHMARKS.md).
+//! Everything else (tier changes, events, the slow lane, the isolation
+//! pool) is off that path, taken only by polls that spanned a tick and by
+//! tasks that have already misbehaved.
 //!
 //! The wrapper stays in the runtime that spawned it for the task's whole
 //! life, so its `JoinHandle` and `abort` behave exactly as Tokio's. When the
-//! task is isolated only the future (in its [`TaskCore`]) moves to the pool;
-//! the wrapper waits for it to come back, finish, or panic.
+//! task is isolated only the right to use its core and future moves to the
+//! pool; the wrapper waits for it to come back, finish, or panic.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,39 +19,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::engine::Engine;
-use crate::isolation::{self, Handoff, Outcome};
+use crate::isolation::{Handoff, Outcome};
 use crate::task::{TaskInfo, TaskShared};
-use crate::task_core::{TaskCell, TaskCore};
+use crate::task_core::{CellRef, PoolCore, TaskCore};
 use crate::tier::Tier;
 
-/// Moves a core to the isolation pool, or hands it back if there is no
-/// pool. A function pointer, instantiated where the future is known to be
-/// `Send`: the wrapper of a future that is not holds none, and never moves.
-pub(crate) type Isolator<F> = fn(TaskCore<F>) -> Result<Arc<Handoff<TaskCore<F>>>, TaskCore<F>>;
-
-/// The isolator for futures that can move between threads.
-pub(crate) fn isolator<F>() -> Isolator<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    isolate::<F>
-}
-
-// The error hands the core back by value on a path taken at most once per
-// task (the pool failed to start); boxing it would cost more than it saves.
-#[allow(clippy::result_large_err)]
-fn isolate<F>(core: TaskCore<F>) -> Result<Arc<Handoff<TaskCore<F>>>, TaskCore<F>>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let engine = Arc::clone(core.engine());
-    match engine.isolation_pool() {
-        Some(pool) => Ok(isolation::isolate(pool, core, engine.stats.isolated())),
-        None => Err(core),
-    }
-}
+pub(crate) use crate::task_core::{Isolator, isolator};
 
 /// A future under tokio-pulse management.
 ///
@@ -60,11 +34,15 @@ where
 /// panic in the wrapped future propagates unchanged, also from the
 /// isolation pool.
 #[must_use = "futures do nothing unless polled"]
-// `repr(C)`: Tokio keeps a task's future right after its own hot words, so
-// the first 64 bytes of the wrapper (the span check and the core's hot
-// fields, see `TaskCore`) share the cache lines Tokio has just touched.
-#[repr(C)]
 pub struct Managed<F: Future> {
+    /// The task's allocation: its core, future, shared state and engine
+    /// (see `task_core`). The wrapper itself is three words, so that
+    /// Tokio's task grows by as little as possible.
+    cell: CellRef<F>,
+    /// Where the core waits on the isolation pool, while it is there. The
+    /// wrapper holds the right to use the core and the future exactly
+    /// while this is `None`.
+    isolated: Option<Arc<Handoff<PoolCore<F>>>>,
     /// Entered around every poll on the runtime, so that events from inside
     /// the task carry its identity. `None` unless a subscriber enabled it
     /// when the task was created (`tokio_pulse::task` at `DEBUG`): a
@@ -72,17 +50,6 @@ pub struct Managed<F: Future> {
     /// wrapper cost ~6 ns a poll, where checking an `Option<Box<_>>` costs
     /// nothing measurable. Polls on the isolation pool run outside it.
     span: Option<Box<tracing::Span>>,
-    /// The task's core while it is polled here, on the spawning runtime.
-    core: Option<TaskCore<F>>,
-    /// Where the core waits on the isolation pool, while it is there.
-    isolated: Option<Arc<Handoff<TaskCore<F>>>>,
-    /// The task's allocation: its shared state, engine and future. The core
-    /// holds it too; the wrapper keeps its own hold for the task's end,
-    /// wherever the core is then.
-    cell: Arc<TaskCell<F>>,
-    /// Moves the core to the isolation pool; `None` for futures that are
-    /// not `Send`, which stay on their thread (capped at `Tier::Yield`).
-    isolator: Option<Isolator<F>>,
 }
 
 impl<F: Future> Managed<F> {
@@ -93,13 +60,8 @@ impl<F: Future> Managed<F> {
         isolator: Option<Isolator<F>>,
     ) -> Self {
         let start = engine.starting_tier(task.origin());
-        let max_tier = if isolator.is_some() {
-            Tier::Isolate
-        } else {
-            Tier::Yield
-        };
-        let cell = Arc::new(TaskCell::new(task, engine, future));
-        cell.engine.task_spawned();
+        engine.task_spawned();
+        let cell = CellRef::new(task, engine, future, isolator, start);
         let span = tracing::debug_span!(
             target: "tokio_pulse::task",
             "pulse.task",
@@ -108,11 +70,9 @@ impl<F: Future> Managed<F> {
             task.location = %cell.shared.location,
         );
         Managed {
-            span: (!span.is_disabled()).then(|| Box::new(span)),
-            core: Some(TaskCore::new(Arc::clone(&cell), max_tier, start)),
-            isolated: None,
             cell,
-            isolator,
+            isolated: None,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
         }
     }
 }
@@ -142,26 +102,29 @@ impl<F: Future> Managed<F> {
     #[inline(always)]
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
         loop {
-            if let Some(core) = &mut self.core {
+            let Some(handoff) = &self.isolated else {
+                // SAFETY: not isolated, so the wrapper holds the right to
+                // use the core, and `&mut self` makes this its only use.
+                let core = unsafe { self.cell.core() };
                 let tier = core.tier();
-                if tier == Tier::Isolate && self.isolator.is_some() {
-                    self.isolate();
+                if tier == Tier::Isolate && core.can_move() {
+                    // SAFETY: the wrapper holds the right to use the core
+                    // (see above), and hands it over with the handoff.
+                    self.isolated = unsafe { TaskCore::isolate(&self.cell) };
                     continue;
                 }
                 let out = core.poll_local(cx, tier);
                 if out.is_ready() {
-                    self.core = None;
+                    core.completed();
                 }
                 return out;
-            }
-            let Some(handoff) = &self.isolated else {
-                panic!("`Managed` future polled after completion");
             };
             match handoff.poll_origin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Outcome::Returned(core)) => {
+                    // The right to use the core is back.
+                    drop(core);
                     self.isolated = None;
-                    self.core = Some(core);
                 }
                 Poll::Ready(Outcome::Output(out)) => {
                     self.isolated = None;
@@ -171,24 +134,6 @@ impl<F: Future> Managed<F> {
                     self.isolated = None;
                     std::panic::resume_unwind(payload);
                 }
-            }
-        }
-    }
-
-    /// Moves the core to the isolation pool, or, if there is none, keeps
-    /// it here for good (in the slow lane).
-    #[cold]
-    #[inline(never)]
-    fn isolate(&mut self) {
-        let (Some(core), Some(isolate)) = (self.core.take(), self.isolator) else {
-            return;
-        };
-        core.pass_lane_offer();
-        match isolate(core) {
-            Ok(handoff) => self.isolated = Some(handoff),
-            Err(core) => {
-                self.isolator = None;
-                self.core = Some(core);
             }
         }
     }
@@ -202,12 +147,13 @@ impl<F: Future> Drop for Managed<F> {
         if task.lane_if_used().is_some_and(|entry| entry.end()) {
             engine.lane.offer_next();
         }
-        // The core, if here, goes first: dropping it publishes the task's
-        // final poll count, which `task_ended` adds to the totals. (The
-        // future itself goes with the last hold of the cell.)
-        drop(self.core.take());
-        if let Some(handoff) = self.isolated.take() {
-            handoff.cancel();
+        match self.isolated.take() {
+            Some(handoff) => handoff.cancel(),
+            // SAFETY: not isolated: the wrapper holds the right to use the
+            // core. The final poll count goes to the shared state, which
+            // `task_ended` adds to the totals. (The future goes with the
+            // last hold of the cell.)
+            None => unsafe { self.cell.core() }.finish(),
         }
         engine.task_ended(task);
     }

@@ -31,10 +31,13 @@ use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hasher;
 use std::panic::Location;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
-use crate::sharded::{KeyHasher, ShardedMap};
+use arc_swap::ArcSwap;
+
+use crate::sharded::{KeyHasher, KeyMap, ShardedMap};
+use crate::sync::lock;
 use crate::tier::{Tier, TierChange};
 
 /// Where a task comes from: what tokio-pulse remembers its behaviour by.
@@ -101,7 +104,10 @@ pub struct OriginSnapshot {
     pub origin: Origin,
     /// The tier its new tasks start at.
     pub starting_tier: Tier,
-    /// Tasks started from it since it was first remembered.
+    /// Tasks started from it since it was first remembered: the task
+    /// whose offence made it remembered, and every task since that started
+    /// above `Monitor` (tasks it starts at `Monitor` are not counted, so
+    /// that spawning them writes nothing shared).
     pub tasks_seen: u64,
     /// Tasks of it that misbehaved (each counted once).
     pub offenders: u64,
@@ -158,9 +164,20 @@ impl Record {
 }
 
 /// The remembered origins of one `Pulse`.
+///
+/// Every spawn and task end looks its origin up once any origin is held:
+/// from `index`, a copy of all records that is replaced whole whenever a
+/// record is added or evicted (on an offence, rare), so that looking up
+/// takes no lock and writes nothing shared. Nor does what follows for an
+/// origin at `Monitor`, the tier of nearly every task's origin: counting
+/// a task in, or a clean end toward a demotion, is only done for origins
+/// above it.
 #[derive(Debug)]
 pub(crate) struct OriginMemory {
     records: ShardedMap<Arc<Record>>,
+    index: ArcSwap<KeyMap<Arc<Record>>>,
+    /// Held while a change to `records` is copied into `index`.
+    indexing: Mutex<()>,
     /// Records held: 0 lets a task's start and end skip the lookup.
     held: AtomicUsize,
     per_shard: usize,
@@ -173,6 +190,8 @@ impl OriginMemory {
     pub(crate) fn new(settings: OriginSettings) -> Self {
         OriginMemory {
             records: ShardedMap::default(),
+            index: ArcSwap::default(),
+            indexing: Mutex::new(()),
             held: AtomicUsize::new(0),
             per_shard: settings.capacity.div_ceil(ShardedMap::<()>::SHARDS).max(1),
             clean_tasks: AtomicU32::new(settings.clean_tasks),
@@ -197,9 +216,13 @@ impl OriginMemory {
 
     #[cold]
     fn start_remembered(&self, origin: OriginRef<'_>) -> Start {
-        let tier = self.records.get(origin.key()).map_or(Tier::Monitor, |r| {
-            r.tasks_seen.fetch_add(1, Relaxed);
-            r.tier()
+        let index = self.index.load();
+        let tier = index.get(&origin.key()).map_or(Tier::Monitor, |r| {
+            let tier = r.tier();
+            if tier > Tier::Monitor {
+                r.tasks_seen.fetch_add(1, Relaxed);
+            }
+            tier
         });
         Start { tier }
     }
@@ -229,6 +252,9 @@ impl OriginMemory {
                 if let Some(victim) = victim {
                     shard.remove(&victim);
                     self.held.fetch_sub(1, Relaxed);
+                    self.reindex(|index| {
+                        index.remove(&victim);
+                    });
                 }
             }
             let r = Arc::new(Record {
@@ -240,6 +266,9 @@ impl OriginMemory {
                 used: AtomicU64::new(now),
             });
             shard.insert(key, Arc::clone(&r));
+            self.reindex(|index| {
+                index.insert(key, Arc::clone(&r));
+            });
             self.held.fetch_add(1, Relaxed);
             r
         });
@@ -278,7 +307,8 @@ impl OriginMemory {
 
     #[cold]
     fn behaved_remembered(&self, origin: OriginRef<'_>) -> Option<OriginChange> {
-        let record = self.records.get(origin.key())?;
+        let index = self.index.load();
+        let record = index.get(&origin.key())?;
         let from = record.tier();
         if from == Tier::Monitor {
             return None;
@@ -299,6 +329,16 @@ impl OriginMemory {
             change: TierChange { from, to },
             offenders: record.offenders.load(Relaxed),
         })
+    }
+
+    /// Applies `change` to a copy of the index and publishes the copy
+    /// (called under the lock of the shard that changed).
+    #[cold]
+    fn reindex(&self, change: impl FnOnce(&mut KeyMap<Arc<Record>>)) {
+        let _one_at_a_time = lock(&self.indexing);
+        let mut index = KeyMap::clone(&self.index.load());
+        change(&mut index);
+        self.index.store(Arc::new(index));
     }
 
     /// Every remembered origin.

@@ -96,6 +96,7 @@ impl<V> ShardedMap<V> {
     pub(crate) const SHARDS: usize = SHARDS;
 }
 
+#[cfg(test)]
 impl<V: Clone> ShardedMap<V> {
     pub(crate) fn get(&self, key: u64) -> Option<V> {
         lock(self.shard(key)).get(&key).cloned()

@@ -138,22 +138,23 @@ pub struct TaskSnapshot {
     pub location: &'static Location<'static>,
     /// Current tier.
     pub tier: Tier,
-    /// Polls of the task's future so far.
+    /// Polls of the task's future so far (see [`Timing`](crate::Timing)
+    /// for what each figure means under the default sampled timing).
     pub polls: u64,
-    /// Polls that exceeded the slow-poll threshold.
+    /// Polls judged longer than the slow-poll threshold.
     pub slow_polls: u64,
-    /// Wall time spent in the task's polls. Divide by `polls` for the mean.
+    /// Time spent in the task's polls (under sampled timing, an unbiased
+    /// estimate). Divide by `polls` for the mean.
     pub total_poll_time: Duration,
-    /// The longest single poll.
+    /// The longest single poll (under sampled timing, as judged: at most
+    /// a tick short of the truth; zero if no poll outlasted a tick).
     pub max_poll_time: Duration,
-    /// Thread CPU time of the long polls made while the task was a suspect
-    /// (tier `Warn` or above): polls following one of at least a quarter of
-    /// the slow-poll threshold. Zero for a task that has always behaved,
-    /// because reading CPU time costs a system call (see BENCHMARKS.md) and
-    /// is not done for it, nor
-    /// for a suspect's short polls. Much less than the wall time of the
-    /// same polls means the task was blocking its worker rather than
-    /// computing.
+    /// Thread CPU time of the task's long polls (those of at least a
+    /// quarter of the slow-poll threshold), from when the ticker first saw
+    /// each running to its end, from the scheduler's own figures (Linux;
+    /// zero elsewhere). Zero for a task whose polls were all short. Much
+    /// less than the wall time of the same polls means the task was
+    /// blocking its worker rather than computing.
     /// Not measured for runtime-wide tasks.
     pub cpu_time: Duration,
     /// Times the watchdog reported one of this task's polls as stuck.

@@ -121,7 +121,7 @@ impl TaskShared {
     /// Counts one poll (of a task observed through runtime hooks; a managed
     /// task counts in its core, see `set_polls`). Called only by the thread
     /// that just polled the task.
-    #[cfg(any(pulse_bench, all(feature = "runtime-hooks", tokio_unstable)))]
+    #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
     #[inline(always)]
     pub(crate) fn count_poll(&self) {
         bump(&self.polls, 1);

@@ -2,73 +2,94 @@
 //! everything needed to poll the task the managed way, with its escalation
 //! state and the per-tier interventions.
 //!
-//! The core is what moves when a task is isolated: the wrapper hands it to
-//! the isolation pool, which polls it with the same measuring code, and the
-//! pool hands it back when the task is demoted. The future itself never
-//! moves: it lies pinned in the cell, and the core is its only owner.
+//! The cell holds everything of the task: the core, the future, the state
+//! other threads read, the engine. Tokio's own task holds only the wrapper
+//! (`Managed`), a few words, so that managing a task grows Tokio's
+//! allocation as little as possible: a larger future costs every spawn in
+//! copies, and can cost it a larger allocation class.
+//!
+//! Neither the core nor the future ever moves: what moves, when a task is
+//! isolated, is the right to use them. The wrapper holds it while the task
+//! runs on the runtime; a [`PoolCore`] carries it to the isolation pool,
+//! which polls the core with the same measuring code, and back when the
+//! task is demoted.
 
+use std::alloc::Layout;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
-use std::ptr::NonNull;
+use std::ptr::{NonNull, addr_of_mut};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll};
 
 use crate::checkpoint::defer;
 use crate::context::{PollScope, ThreadSlot};
 use crate::engine::{Engine, Scope};
 use crate::hooks::{Hook, PollReport};
-use crate::isolation::{Isolated, PoolPoll};
+use crate::isolation::{self, Handoff, Isolated, PoolPoll};
 use crate::observe::ChangeCause;
 use crate::slow_lane::Wait;
 use crate::task::{TaskInfo, TaskShared};
+use crate::task_memory;
 use crate::ticker::Tick;
 use crate::tier::{Escalation, EscalationPolicy, Step, Tier, TierChange};
 use crate::timing::schedstat::charged;
 use crate::timing::{clock, nanos};
 
-/// One managed task: its shared state, its engine, and its future.
+/// One managed task: its core, its future, its shared state, its engine.
 ///
-/// The future is owned by whoever holds the task's core (see `task_core`):
-/// the wrapper while the task runs on the runtime, the isolation pool while
-/// it is isolated. The core is unique and moves between them whole, so
-/// the future is only ever touched by one thread at a time, and it is
-/// dropped in place when the task ends.
+/// The core and the future are used only by the holder of the right to
+/// (see the module's documentation): the wrapper while the task runs on
+/// the runtime, the isolation pool while it is isolated, never both, so
+/// they are only ever touched by one thread at a time. The future is
+/// dropped in place, when it completes or with the cell.
 ///
-/// `repr(C)`: the engine and the shared state's front (which a poll reads
-/// at most once a tick) share the `Arc`'s first cache line; the future
-/// follows the shared state.
+/// Held through [`CellRef`]s; its memory comes from `task_memory`.
+///
+/// `repr(C)`: the count of holds and the core's hot fields come first, in
+/// the allocation's first cache line, and a small future right after them.
 #[repr(C)]
-pub(crate) struct TaskCell<F> {
-    pub engine: Arc<Engine>,
-    pub shared: TaskShared,
+pub(crate) struct TaskCell<F: Future> {
+    /// The `CellRef`s to this cell: the wrapper's, and the pool's while
+    /// the task is isolated.
+    holds: AtomicUsize,
+    core: UnsafeCell<TaskCore<F>>,
     future: UnsafeCell<Option<F>>,
+    pub shared: TaskShared,
+    pub engine: Arc<Engine>,
 }
 
-// SAFETY: the future is only accessed through the task's core, which is
-// unique and `Send` only where `F` is (see `TaskCell::future`); every
-// other field is `Sync`.
-unsafe impl<F: Send> Sync for TaskCell<F> {}
+// SAFETY: the core and the future are only used by the holder of the right
+// to (see `TaskCell::core`), which moves between threads only where `F`
+// is `Send`; every other field is `Sync`.
+unsafe impl<F: Future + Send> Sync for TaskCell<F> {}
 
-impl<F> TaskCell<F> {
-    pub(crate) fn new(shared: TaskShared, engine: Arc<Engine>, future: F) -> Self {
-        TaskCell {
-            shared,
-            engine,
-            future: UnsafeCell::new(Some(future)),
-        }
+impl<F: Future> TaskCell<F> {
+    /// The task's core.
+    ///
+    /// # Safety
+    /// Only the holder of the right to use the core (the wrapper while the
+    /// task is not isolated, else its `PoolCore`) may call this, and the
+    /// reference must be its only one to the core while it lives.
+    // A `&mut` from `&self`, as `UnsafeCell` allows, under the contract above.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn core(&self) -> &mut TaskCore<F> {
+        // SAFETY: exclusive, as the caller guarantees.
+        unsafe { &mut *self.core.get() }
     }
 
     /// The future, pinned where it lies; `None` once dropped.
     ///
     /// # Safety
-    /// Only the holder of the task's core may call this, and only while it
-    /// holds `&mut` of that core: the core is the future's unique owner.
-    // A `&mut` from `&self`, as `UnsafeCell` allows, under the contract above.
+    /// As for [`core`](Self::core): only the core's holder, and only
+    /// while it holds `&mut` of the core.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn future(&self) -> Option<Pin<&mut F>> {
+    #[inline(always)]
+    unsafe fn future(&self) -> Option<Pin<&mut F>> {
         // SAFETY: the caller has exclusive access (see above); the future
         // is never moved out of the cell (it is dropped in place by
         // `drop_future`), so pinning it here is sound.
@@ -77,7 +98,7 @@ impl<F> TaskCell<F> {
 
     /// Where the future lies (for a prefetch: not to be dereferenced).
     #[inline(always)]
-    pub(crate) fn future_addr(&self) -> *const u8 {
+    fn future_addr(&self) -> *const u8 {
         self.future.get().cast_const().cast()
     }
 
@@ -85,21 +106,113 @@ impl<F> TaskCell<F> {
     ///
     /// # Safety
     /// As for [`future`](Self::future).
-    pub(crate) unsafe fn drop_future(&self) {
+    unsafe fn drop_future(&self) {
         // SAFETY: exclusive access, as the caller guarantees; assigning
         // drops the old value in place, without moving it.
         unsafe { *self.future.get() = None };
     }
 }
 
-impl<F> Drop for TaskCell<F> {
+impl<F: Future> Drop for TaskCell<F> {
     fn drop(&mut self) {
         // A ticker may be reading the task it saw in a thread slot.
         crate::context::before_free(&self.shared);
     }
 }
 
-impl<F> fmt::Debug for TaskCell<F> {
+/// A hold of a task's cell, as an `Arc` would be, but with the cell's
+/// memory recycled (see `task_memory`), and no atomic write to let go of a
+/// cell that was never shared (most are not: only isolation shares one).
+pub(crate) struct CellRef<F: Future> {
+    cell: NonNull<TaskCell<F>>,
+}
+
+impl<F: Future> CellRef<F> {
+    /// A task from `shared`, managed by `engine`, that can reach
+    /// `max_tier` at most, moved to the pool by `isolator` (if it can move)
+    /// and starting at `start` (the tier its origin earned).
+    ///
+    /// Built in place in its allocation: a cell is hundreds of bytes, and
+    /// building it on the stack first would copy them all once more.
+    pub(crate) fn new(
+        shared: TaskShared,
+        engine: Arc<Engine>,
+        future: F,
+        isolator: Option<Isolator<F>>,
+        start: Tier,
+    ) -> Self {
+        let max_tier = if isolator.is_some() {
+            Tier::Isolate
+        } else {
+            Tier::Yield
+        };
+        let mut core = TaskCore::new(&engine, max_tier, start, isolator);
+        shared.set_tier(core.escalation.tier());
+        let cell = task_memory::allocate(Layout::new::<TaskCell<F>>()).cast::<TaskCell<F>>();
+        core.cell = cell;
+        let raw = cell.as_ptr();
+        // SAFETY: `raw` is fresh memory for a `TaskCell<F>` (size and
+        // alignment from its layout), held by nothing else; each field is
+        // written once, through raw pointers (no reference to the
+        // uninitialised value is made), before the cell is handed out.
+        unsafe {
+            addr_of_mut!((*raw).holds).write(AtomicUsize::new(1));
+            addr_of_mut!((*raw).core).write(UnsafeCell::new(core));
+            addr_of_mut!((*raw).future).write(UnsafeCell::new(Some(future)));
+            addr_of_mut!((*raw).shared).write(shared);
+            addr_of_mut!((*raw).engine).write(engine);
+        }
+        CellRef { cell }
+    }
+
+    /// Another hold of the same cell.
+    fn share(&self) -> Self {
+        // Relaxed, as in `Arc::clone`: a new hold is made from an existing
+        // one, which keeps the cell alive meanwhile.
+        self.holds.fetch_add(1, Ordering::Relaxed);
+        CellRef { cell: self.cell }
+    }
+}
+
+impl<F: Future> Deref for CellRef<F> {
+    type Target = TaskCell<F>;
+
+    #[inline(always)]
+    fn deref(&self) -> &TaskCell<F> {
+        // SAFETY: a hold keeps the cell alive (see `Drop`).
+        unsafe { self.cell.as_ref() }
+    }
+}
+
+impl<F: Future> Drop for CellRef<F> {
+    fn drop(&mut self) {
+        // The only hold: no other can be made (only a hold makes one), so
+        // no atomic write is needed. Acquire pairs with the release below,
+        // made by a hold let go of on another thread.
+        if self.holds.load(Ordering::Acquire) != 1
+            && self.holds.fetch_sub(1, Ordering::Release) != 1
+        {
+            return;
+        }
+        fence(Ordering::Acquire);
+        let raw = self.cell.as_ptr();
+        // SAFETY: this was the last hold: nothing else refers to the cell,
+        // which was made by `TaskCell::new` with this layout; it is dropped
+        // once, then its memory released, and never used again.
+        unsafe {
+            std::ptr::drop_in_place(raw);
+            task_memory::release(self.cell.cast(), Layout::new::<TaskCell<F>>());
+        }
+    }
+}
+
+// SAFETY: as for `Arc<TaskCell<F>>`: the cell is `Send + Sync` where `F`
+// is `Send` (see `TaskCell`), and a hold only shares it.
+unsafe impl<F: Future + Send> Send for CellRef<F> {}
+// SAFETY: as above.
+unsafe impl<F: Future + Send> Sync for CellRef<F> {}
+
+impl<F: Future> fmt::Debug for TaskCell<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskCell")
             .field("shared", &self.shared)
@@ -107,20 +220,63 @@ impl<F> fmt::Debug for TaskCell<F> {
     }
 }
 
-/// The unique owner of a task's future, with the task's escalation state.
-///
-/// What a poll shorter than a tick reads and writes is here, in the
-/// wrapper (inside Tokio's own task, which Tokio has just touched), so that
-/// such a poll touches no cache line of the task's cell but its future's:
-/// the engine's address, the poll count (published to the cell at most
-/// once a tick), the window's deadline, the cell's address, the tier.
-/// `repr(C)` keeps those in the first 49 bytes (see `Managed`), the rest
-/// after.
+/// Moves a task's core to the isolation pool, or hands it back if there is
+/// no pool. A function pointer, instantiated where the future is known to
+/// be `Send`: the core of a future that is not holds none, and never moves.
+pub(crate) type Isolator<F> = fn(PoolCore<F>) -> Result<Arc<Handoff<PoolCore<F>>>, PoolCore<F>>;
+
+/// The isolator for futures that can move between threads.
+pub(crate) fn isolator<F>() -> Isolator<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    isolate::<F>
+}
+
+// The error hands the core back by value on a path taken at most once per
+// task (the pool failed to start); boxing it would cost more than it saves.
+#[allow(clippy::result_large_err)]
+fn isolate<F>(core: PoolCore<F>) -> Result<Arc<Handoff<PoolCore<F>>>, PoolCore<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let engine = Arc::clone(&core.0.engine);
+    match engine.isolation_pool() {
+        Some(pool) => Ok(isolation::isolate(pool, core, engine.stats.isolated())),
+        None => Err(core),
+    }
+}
+
+/// The right to use a task's core and future, carried to the isolation
+/// pool (and back), with a hold of the cell.
+pub(crate) struct PoolCore<F: Future>(CellRef<F>);
+
+impl<F: Future> PoolCore<F> {
+    /// Takes the right to use `cell`'s core from its wrapper, which must
+    /// not use the core again until this comes back (see `Managed`).
+    fn new(cell: CellRef<F>) -> Self {
+        PoolCore(cell)
+    }
+
+    fn core(&mut self) -> &mut TaskCore<F> {
+        // SAFETY: this carries the right to use the core (see `new`), and
+        // `&mut self` makes this its only use.
+        unsafe { self.0.core() }
+    }
+}
+
+/// The task's escalation state, with what a poll shorter than a tick
+/// reads and writes first: the engine's address, the poll count (published
+/// to the shared state at most once a tick), the window's deadline, the
+/// tick and generation last seen, the tier. `repr(C)` keeps those in the
+/// cell's first cache line (see `TaskCell`), the rest after.
 #[repr(C)]
 pub(crate) struct TaskCore<F: Future> {
     /// `cell.engine`, without the trip through the cell.
     engine: NonNull<Engine>,
-    /// Polls so far; the cell has the count as of `published_tick`.
+    /// Polls so far; the shared state has the count as of `published_tick`.
     polls: u64,
     /// When the current window ends. Until then a poll too short to be
     /// charged changes nothing, so it needs no policy.
@@ -130,7 +286,6 @@ pub(crate) struct TaskCore<F: Future> {
     published_tick: u32,
     /// The configuration generation (its low bits) the task last applied.
     generation: u32,
-    cell: Arc<TaskCell<F>>,
     /// The task has waited in the slow lane, so it may be offered a slot.
     lane_user: bool,
     /// The task gave way before its last slow-lane poll: let it run now.
@@ -139,49 +294,118 @@ pub(crate) struct TaskCore<F: Future> {
     max_tier: Tier,
     /// The tier machine; its first field is the tier.
     escalation: Escalation,
+    /// The cell this core lies in.
+    cell: NonNull<TaskCell<F>>,
     /// Deficit round robin credit in the slow lane, in nanoseconds.
     deficit_ns: i64,
+    /// Moves the core to the isolation pool; `None` for futures that are
+    /// not `Send`, which stay on their thread (capped at `Tier::Yield`),
+    /// and once the pool failed to start.
+    isolator: Option<Isolator<F>>,
 }
 
 impl<F: Future> TaskCore<F> {
-    /// The core of the task in `cell`, which can reach `max_tier` at most
-    /// and starts at `start` (the tier its origin earned), capped at that.
-    pub(crate) fn new(cell: Arc<TaskCell<F>>, max_tier: Tier, start: Tier) -> Self {
-        let engine = &cell.engine;
-        let (policy, generation) = engine.policy(max_tier);
-        let start = start.min(policy.max_tier);
-        cell.shared.set_tier(start);
+    /// The core of a task under `engine` that can reach `max_tier` at
+    /// most and starts at `start` (the tier its origin earned), capped at
+    /// that; its `cell` is set once the cell exists.
+    fn new(engine: &Engine, max_tier: Tier, start: Tier, isolator: Option<Isolator<F>>) -> Self {
+        let terms = engine.spawn_terms(max_tier);
+        let start = start.min(terms.max_tier);
         // The latest tick's time: no clock read for a spawn.
         let now = engine.ticker.latest_ns();
         // A tick the first poll cannot be at, so that it takes the
         // bookkeeping path, where a task registers (see `after_tick`).
         let never = (engine.ticker.read().count() as u32).wrapping_sub(1);
-        let escalation = Escalation::starting_at(start, now);
         TaskCore {
-            engine: NonNull::from(&**engine),
+            engine: NonNull::from(engine),
             polls: 0,
             published_tick: never,
-            window_deadline_ns: escalation.window_deadline_ns(&policy),
-            escalation,
+            window_deadline_ns: now.saturating_add(terms.window_ns),
+            escalation: Escalation::starting_at(start, now),
             deficit_ns: 0,
-            generation: generation as u32,
+            generation: terms.generation as u32,
             max_tier,
             deferred: false,
             lane_user: false,
-            cell,
+            cell: NonNull::dangling(),
+            isolator,
         }
     }
 
-    pub(crate) fn engine(&self) -> &Arc<Engine> {
-        &self.cell.engine
+    /// The cell this core lies in.
+    #[inline(always)]
+    fn cell(&self) -> &TaskCell<F> {
+        // SAFETY: set by `TaskCell::new` to the cell the core lies in,
+        // which outlives any borrow of the core; the reference reaches the
+        // core itself only through its `UnsafeCell`, which it never uses.
+        unsafe { self.cell.as_ref() }
+    }
+
+    /// The cell, for a caller that goes on to change the core.
+    ///
+    /// # Safety
+    /// The caller must not use the reference past its hold of the core.
+    #[inline(always)]
+    unsafe fn cell_apart<'a>(&self) -> &'a TaskCell<F> {
+        // SAFETY: as in `cell`; the caller bounds the lifetime.
+        unsafe { &*self.cell.as_ptr() }
     }
 
     /// The engine, reached without the trip through the cell.
     #[inline(always)]
-    fn fast_engine(&self) -> &Engine {
-        // SAFETY: `engine` points to `self.cell.engine`'s engine, which the
-        // cell keeps alive as long as `self` holds the cell.
-        unsafe { self.engine.as_ref() }
+    fn engine_apart<'a>(&self) -> &'a Engine {
+        // SAFETY: `engine` points to the cell's engine, which the cell
+        // keeps alive; the core is used only while its cell is held, and
+        // the cell outlives every use of the core.
+        unsafe { &*self.engine.as_ptr() }
+    }
+
+    /// Whether the core can still move to the isolation pool.
+    pub(crate) fn can_move(&self) -> bool {
+        self.isolator.is_some()
+    }
+
+    /// Moves the core of `cell` (the wrapper's hold of it) to the
+    /// isolation pool. `None` if it cannot move, or the pool could not
+    /// start: the core then stays with the wrapper, for good.
+    ///
+    /// # Safety
+    /// The caller (the wrapper) must hold the right to use the core, and
+    /// hands it over: on `Some`, it must not touch the core or the future
+    /// until the returned handoff gives it back.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn isolate(cell: &CellRef<F>) -> Option<Arc<Handoff<PoolCore<F>>>> {
+        let isolate = {
+            // SAFETY: the caller holds the right to use the core; this
+            // use of it ends before the right is handed over.
+            let core = unsafe { cell.core() };
+            let isolate = core.isolator?;
+            core.pass_lane_offer();
+            isolate
+        };
+        match isolate(PoolCore::new(cell.share())) {
+            Ok(handoff) => Some(handoff),
+            Err(mut back) => {
+                // Never submitted: the right is back with the caller.
+                back.core().isolator = None;
+                None
+            }
+        }
+    }
+
+    /// The future completed: drops it in place now, as Tokio drops a
+    /// task's future as soon as it completes.
+    pub(crate) fn completed(&mut self) {
+        // SAFETY: `&mut self` is the holder's use of the core, which
+        // carries the right to use the future.
+        unsafe { self.cell().drop_future() };
+    }
+
+    /// The task ended while its core was here: publishes the final poll
+    /// count, which `task_ended` adds to the totals.
+    pub(crate) fn finish(&self) {
+        self.cell().shared.set_polls(self.polls);
     }
 
     /// Publishes the poll count to the cell, for snapshots and totals, and
@@ -192,15 +416,15 @@ impl<F: Future> TaskCore<F> {
     #[inline(never)]
     pub(crate) fn publish(&mut self, tick: u64) {
         self.published_tick = tick as u32;
-        self.cell.shared.set_polls(self.polls);
-        if let Some(forced) = self.cell.shared.take_forced_tier() {
+        self.cell().shared.set_polls(self.polls);
+        if let Some(forced) = self.cell().shared.take_forced_tier() {
             self.forced(forced);
         }
     }
 
     /// The policy of the configuration in force, for this task.
     fn policy(&self) -> EscalationPolicy {
-        self.cell.engine.policy(self.max_tier).0
+        self.cell().engine.policy(self.max_tier).0
     }
 
     /// The task's tier, after applying a reconfiguration.
@@ -211,8 +435,8 @@ impl<F: Future> TaskCore<F> {
     /// stalling the poll (a measured 15 % of the wrapper's cost).
     #[inline]
     pub(crate) fn tier(&mut self) -> Tier {
-        prefetch(self.cell.future_addr());
-        if self.fast_engine().generation(Ordering::Relaxed) as u32 != self.generation {
+        prefetch(self.cell().future_addr());
+        if self.engine_apart().generation(Ordering::Relaxed) as u32 != self.generation {
             self.reload_policy();
         }
         self.escalation.tier()
@@ -222,7 +446,7 @@ impl<F: Future> TaskCore<F> {
     /// of it at once, from one snapshot.
     #[cold]
     fn reload_policy(&mut self) {
-        let (policy, generation) = self.cell.engine.policy(self.max_tier);
+        let (policy, generation) = self.cell().engine.policy(self.max_tier);
         self.generation = generation as u32;
         self.window_deadline_ns = self.escalation.window_deadline_ns(&policy);
         if self.escalation.tier() > policy.max_tier {
@@ -236,8 +460,12 @@ impl<F: Future> TaskCore<F> {
     fn forced(&mut self, tier: Tier) {
         let policy = self.policy();
         self.force(&policy, tier);
-        let engine = &self.cell.engine;
-        engine.task_offended(&self.cell.shared, self.escalation.tier(), clock().now_ns());
+        let engine = &self.cell().engine;
+        engine.task_offended(
+            &self.cell().shared,
+            self.escalation.tier(),
+            clock().now_ns(),
+        );
     }
 
     #[cold]
@@ -276,16 +504,17 @@ impl<F: Future> TaskCore<F> {
     /// If the slow lane offered this task a slot it will not use, offers it
     /// to the next waiting task instead, so no slot is left unclaimed.
     pub(crate) fn pass_lane_offer(&self) {
-        if let Some(entry) = self.cell.shared.lane_if_used() {
+        if let Some(entry) = self.cell().shared.lane_if_used() {
             if entry.take_offer() {
-                self.cell.engine.lane.offer_next();
+                self.cell().engine.lane.offer_next();
             }
         }
     }
 
     fn poll_in_slow_lane(&mut self, cx: &mut Context<'_>, tier: Tier) -> Poll<F::Output> {
         self.lane_user = true;
-        let cell = Arc::clone(&self.cell);
+        // SAFETY: used only within this poll, while the core is held.
+        let cell = unsafe { self.cell_apart() };
         let entry = cell.shared.lane();
         let offered = entry.take_offer();
         // Give way behind other ready work first, unless the task already
@@ -343,10 +572,10 @@ impl<F: Future> TaskCore<F> {
     /// there is nothing more to do. Anything else goes out of line.
     #[inline(always)]
     fn poll_timed(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
-        // SAFETY: both are kept alive by `self.cell`, which `self` holds
-        // throughout; taken as plain references so that `self` stays free
-        // for the bookkeeping after the poll.
-        let (engine, cell) = unsafe { (self.engine.as_ref(), &*Arc::as_ptr(&self.cell)) };
+        // SAFETY: used only within this poll, while the core is held;
+        // taken apart from `self` so that it stays free for the
+        // bookkeeping after the poll.
+        let (engine, cell) = (self.engine_apart(), unsafe { self.cell_apart() });
         if engine.hooks.is_installed() || engine.exact_timing() {
             return self.poll_attended(cx, tier);
         }
@@ -374,7 +603,7 @@ impl<F: Future> TaskCore<F> {
     #[inline(never)]
     fn poll_attended(&mut self, cx: &mut Context<'_>, tier: Tier) -> (Poll<F::Output>, u64) {
         // SAFETY: as in `poll_timed`.
-        let (engine, cell) = unsafe { (self.engine.as_ref(), &*Arc::as_ptr(&self.cell)) };
+        let (engine, cell) = (self.engine_apart(), unsafe { self.cell_apart() });
         let hooks = engine.hooks.is_installed();
         if hooks {
             let info = TaskInfo {
@@ -425,7 +654,7 @@ impl<F: Future> TaskCore<F> {
         hooks: bool,
     ) -> u64 {
         self.publish(end.count());
-        if !ready && !self.cell.shared.is_registered() {
+        if !ready && !self.cell().shared.is_registered() {
             self.register();
         }
         if start_ns != 0 || end.count() != start.count() {
@@ -433,7 +662,7 @@ impl<F: Future> TaskCore<F> {
         }
         // Shorter than a tick: nothing to measure. Only a window that has
         // run its course closes, at the time of the latest tick.
-        let now = self.fast_engine().ticker.latest_ns();
+        let now = self.engine_apart().ticker.latest_ns();
         if now >= self.window_deadline_ns {
             self.judge(0, None, now, now);
         }
@@ -457,7 +686,7 @@ impl<F: Future> TaskCore<F> {
     ) -> u64 {
         let end = clock().now_ns();
         let policy = self.policy();
-        let engine = &*self.cell.engine;
+        let engine = &*self.cell().engine;
         let ticker = &engine.ticker;
         let sighting = published.and_then(|(slot, seq)| slot.sightings().of(seq));
         let (wall_ns, busy_ns) = if start_ns != 0 {
@@ -499,7 +728,7 @@ impl<F: Future> TaskCore<F> {
             }
             _ => (wall_ns, None),
         };
-        let task = &self.cell.shared;
+        let task = &self.cell().shared;
         if let Some(cpu) = cpu_ns {
             task.record_cpu(cpu);
         }
@@ -544,13 +773,13 @@ impl<F: Future> TaskCore<F> {
         // SAFETY: the wrapper's `Drop` unregisters the task (it is
         // registered now, see `TaskShared::is_registered`) before letting go
         // of its cell, and the core holds the cell until then.
-        unsafe { self.cell.engine.register(&self.cell.shared) };
+        unsafe { self.cell().engine.register(&self.cell().shared) };
     }
 
     /// Calls the `after_poll` hook.
     fn report_poll(&self, poll_ns: u64, measured: bool, slow: bool, ready: bool) {
         let info = TaskInfo {
-            shared: &self.cell.shared,
+            shared: &self.cell().shared,
         };
         let report = PollReport {
             duration: nanos(poll_ns),
@@ -558,16 +787,16 @@ impl<F: Future> TaskCore<F> {
             slow,
             ready,
         };
-        self.cell
+        self.cell()
             .engine
             .hooks
             .call(Hook::AfterPoll, |h| h.after_poll(&info, &report));
     }
 
     fn tier_changed(&self, change: TierChange, cause: ChangeCause, now_ns: u64) {
-        self.cell
+        self.cell()
             .engine
-            .tier_changed(Scope::Managed, &self.cell.shared, change, cause, now_ns);
+            .tier_changed(Scope::Managed, &self.cell().shared, change, cause, now_ns);
     }
 
     /// A poll closed a window that changed the tier or was bad.
@@ -578,9 +807,9 @@ impl<F: Future> TaskCore<F> {
             self.tier_changed(change, cause, now_ns);
         }
         if step.bad() {
-            self.cell
+            self.cell()
                 .engine
-                .task_offended(&self.cell.shared, self.escalation.tier(), now_ns);
+                .task_offended(&self.cell().shared, self.escalation.tier(), now_ns);
         }
     }
 }
@@ -609,40 +838,40 @@ fn prefetch(addr: *const u8) {
     let _ = addr;
 }
 
-// SAFETY: `engine` points to the engine the core's cell keeps alive, and
-// `Engine` is `Sync`; everything else in the core is `Send` where `F` is.
+// SAFETY: `engine` and `cell` point into the cell the core lies in, which
+// is `Sync` (and its engine too); everything else in the core is `Send`
+// where `F` is.
 unsafe impl<F: Future + Send> Send for TaskCore<F> {}
 
-impl<F: Future> Drop for TaskCore<F> {
-    fn drop(&mut self) {
-        // The count is exact once the core is gone.
-        self.cell.shared.set_polls(self.polls);
-    }
-}
+// SAFETY: carries an `Arc` of a cell that is `Send + Sync` where `F` is
+// `Send` (the core's right of use moves with it; see `TaskCell`).
+unsafe impl<F: Future + Send> Send for PoolCore<F> {}
 
-impl<F: Future> Isolated for TaskCore<F> {
+impl<F: Future> Isolated for PoolCore<F> {
     type Output = F::Output;
 
     /// Polls on an isolation pool thread: measured as on the workers, with
     /// no further intervention there.
     fn poll_isolated(&mut self, cx: &mut Context<'_>) -> PoolPoll<F::Output> {
-        if self.tier() < Tier::Isolate {
+        let core = self.core();
+        if core.tier() < Tier::Isolate {
             return PoolPoll::Demoted;
         }
-        let polled = self.poll_measured(cx, Tier::Isolate);
+        let polled = core.poll_measured(cx, Tier::Isolate);
         // Isolated polls are few and long: keep the count exact.
-        self.cell.shared.set_polls(self.polls);
+        core.finish();
         match polled {
             Poll::Ready(out) => PoolPoll::Ready(out),
             // Demoted by this very poll: go home now rather than at the
             // next wake-up.
-            Poll::Pending if self.tier() < Tier::Isolate => PoolPoll::Demoted,
+            Poll::Pending if core.tier() < Tier::Isolate => PoolPoll::Demoted,
             Poll::Pending => PoolPoll::Pending,
         }
     }
 
     fn drop_future(&mut self) {
-        // SAFETY: this core owns the future, and `&mut self` is held.
-        unsafe { self.cell.drop_future() };
+        // SAFETY: this carries the right to use the future, and `&mut self`
+        // is held.
+        unsafe { self.0.drop_future() };
     }
 }

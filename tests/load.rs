@@ -64,7 +64,7 @@ fn a_hundred_thousand_concurrent_tasks_with_hogs_complete_and_snapshots_stay_usa
     };
 
     let started = Instant::now();
-    let (sum, all_alive) = rt.block_on(async {
+    let (sum, all_alive, listed) = rt.block_on(async {
         // Every task waits for `go`, so all of them are alive at once.
         let (go_tx, go_rx) = tokio::sync::watch::channel(false);
         let mut handles = Vec::with_capacity(TASKS);
@@ -84,6 +84,14 @@ fn a_hundred_thousand_concurrent_tasks_with_hogs_complete_and_snapshots_stay_usa
             }));
         }
         let all_alive = pulse.task_count();
+        // A task shows in snapshots from its first `Pending` on: once all
+        // of them wait for `go`, a snapshot lists every one.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut listed = 0;
+        while listed < TASKS && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            listed = pulse.snapshot().tasks.len();
+        }
         go_tx.send(true).unwrap();
         let mut sum = 0u64;
         for (i, h) in handles.into_iter().enumerate() {
@@ -94,7 +102,7 @@ fn a_hundred_thousand_concurrent_tasks_with_hogs_complete_and_snapshots_stay_usa
             assert_eq!(v, i as u64);
             sum += v;
         }
-        (sum, all_alive)
+        (sum, all_alive, listed)
     });
     let elapsed = started.elapsed();
     stop.store(true, SeqCst);
@@ -103,6 +111,7 @@ fn a_hundred_thousand_concurrent_tasks_with_hogs_complete_and_snapshots_stay_usa
     println!("{TASKS} tasks in {elapsed:?}; snapshots: {seen:?}; {totals:?}");
 
     assert_eq!(all_alive, TASKS);
+    assert_eq!(listed, TASKS, "waiting tasks missing from the snapshot");
     assert_eq!(sum, (TASKS as u64 - 1) * TASKS as u64 / 2);
     assert_eq!(pulse.task_count(), 0);
     assert_eq!(totals.tasks_ended, TASKS as u64);
@@ -114,6 +123,5 @@ fn a_hundred_thousand_concurrent_tasks_with_hogs_complete_and_snapshots_stay_usa
     // long enough to suggest a stall (the bound is for hangs and lock
     // convoys, not a performance claim).
     assert!(seen.snapshots >= 3, "{seen:?}");
-    assert!(seen.most_tasks >= TASKS / 2, "{seen:?}");
     assert!(seen.slowest < Duration::from_secs(5), "{seen:?}");
 }

@@ -63,9 +63,10 @@ async fn a_5ms_hog_is_promoted_within_a_second_while_a_microsecond_task_stays_mo
     assert_eq!(q.slow_polls, 0, "{q:?}");
     let h = snap.named("hog").expect("hog is alive");
     assert_eq!(h.tier, Tier::Isolate);
-    // Judged by how long it certainly ran: at most a tick (a quarter of
-    // the 1 ms threshold) short of the 5 ms it spun.
-    assert!(h.max_poll_time >= Duration::from_micros(4_750), "{h:?}");
+    // Judged by how long it certainly ran: at most a tick short of the
+    // 5 ms it spun. A tick is a quarter of the 1 ms threshold apart, plus
+    // however late the ticker thread woke: allow it twice that.
+    assert!(h.max_poll_time >= Duration::from_micros(4_500), "{h:?}");
     assert!(
         h.cpu_time > Duration::ZERO,
         "suspect's CPU time was not sampled: {h:?}"
