@@ -285,8 +285,10 @@ fn two_pulses_each_capture_their_own_stuck_poll() {
         here.recv_timeout(WITHIN).expect("both tasks started");
     }
 
-    watchdog_report("first-sleeper");
-    watchdog_report("second-spinner");
+    let reports = [
+        watchdog_report("first-sleeper"),
+        watchdog_report("second-spinner"),
+    ];
     let (first_stuck, second_stuck) = (first.snapshot().stuck, second.snapshot().stuck);
     drop(stuck);
     for task in tasks {
@@ -294,13 +296,19 @@ fn two_pulses_each_capture_their_own_stuck_poll() {
     }
 
     // Each watchdog sees its own task only, with its own stack.
-    for (stuck, name, function) in [
+    for ((stuck, name, function), report) in [
         (first_stuck, "first-sleeper", "pulse_test_sleeps_here"),
         (second_stuck, "second-spinner", "pulse_test_spins_here"),
-    ] {
+    ]
+    .into_iter()
+    .zip(reports)
+    {
         assert_eq!(stuck.len(), 1, "{stuck:?}");
         assert_eq!(stuck[0].name.as_deref(), Some(name), "{stuck:?}");
-        let stack = stuck[0].stack.as_deref().expect("a stack");
+        let stack = stuck[0]
+            .stack
+            .as_deref()
+            .unwrap_or_else(|| panic!("no stack; the report:\n{report}"));
         assert!(stack.contains(function), "{stack}");
     }
 }

@@ -61,13 +61,17 @@ pub(crate) fn signal_range() -> Option<std::ops::RangeInclusive<i32>> {
 
 /// How long a capture waits for the stuck thread's handler. A thread that
 /// is running, or blocked in a system call, answers in microseconds; a
-/// runnable one waits for a CPU first, which the scheduler grants within a
-/// few milliseconds (CFS's latency target is 6 ms, more on many cores).
-/// A thread that has not answered after this blocks the signal or is
-/// starved (a `SCHED_IDLE` isolation thread on a saturated host), and the
-/// report goes without a stack. The watchdog's thread waits this long at
-/// most, once per stuck poll.
-const CAPTURE_TIMEOUT: Duration = Duration::from_millis(50);
+/// runnable one waits for a CPU first. On an idle host the scheduler grants
+/// one within a few milliseconds (CFS's latency target is 6 ms, more on
+/// many cores), but a container over its CPU quota runs nothing until the
+/// next quota period (100 ms by default), and on an overloaded host waits
+/// grow likewise: with a 50 ms wait, one run of this crate's tests on a
+/// busy two-core host reported a stuck thread without its stack. A
+/// thread that has not answered after this blocks the signal or is starved
+/// (a `SCHED_IDLE` isolation thread on a saturated host), and the report
+/// goes without a stack. The watchdog's thread waits this long at most,
+/// once per stuck poll.
+const CAPTURE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Whether a `Pulse`'s stack capture runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
