@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::budget::BudgetLimits;
 use crate::isolation::{FloorSettings, IsolationPriority};
 use crate::origins::OriginSettings;
+use crate::stack::{self, StackCapture};
 use crate::tier::{EscalationPolicy, Tier};
 use crate::timing::as_nanos;
 
@@ -169,6 +170,7 @@ pub(crate) struct Interventions {
     pub watchdog_threshold: Option<Duration>,
     /// `None`: no progress floor for isolated work.
     pub isolation_floor: Option<FloorSettings>,
+    pub stack_capture: StackCapture,
 }
 
 impl Default for Interventions {
@@ -180,6 +182,7 @@ impl Default for Interventions {
             isolation_priority: IsolationPriority::default(),
             watchdog_threshold: Some(DEFAULT_WATCHDOG_THRESHOLD),
             isolation_floor: Some(FloorSettings::DEFAULT),
+            stack_capture: StackCapture::default(),
         }
     }
 }
@@ -316,6 +319,23 @@ impl Config {
         if let Some(floor) = i.isolation_floor {
             validate_floor(floor)?;
         }
+        if let StackCapture::Signal(signal) = i.stack_capture {
+            // Where capture is not supported, any setting means off.
+            if let Some(range) = stack::signal_range().filter(|r| !r.contains(&signal)) {
+                static RULE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                return Err(ConfigError::OutOfRange {
+                    field: "stack_capture",
+                    value: format!("StackCapture::Signal({signal})"),
+                    rule: RULE.get_or_init(|| {
+                        format!(
+                            "a real-time signal, from SIGRTMIN ({}) to SIGRTMAX ({}), that the application does not use",
+                            range.start(),
+                            range.end()
+                        )
+                    }),
+                });
+            }
+        }
         if let Some(threshold) = i.watchdog_threshold {
             if threshold <= self.slow_poll_threshold {
                 return Err(ConfigError::Inconsistent {
@@ -396,6 +416,7 @@ struct Overrides {
     isolation_priority: Option<IsolationPriority>,
     watchdog_threshold: Option<Option<Duration>>,
     isolation_floor: Option<Option<FloorSettings>>,
+    stack_capture: Option<StackCapture>,
     origin_capacity: Option<Option<usize>>,
     origin_clean_tasks: Option<u32>,
     timing: Option<Timing>,
@@ -537,6 +558,26 @@ impl PulseBuilder {
         self
     }
 
+    /// Whether the watchdog captures the stack of a stuck poll's thread,
+    /// and with which signal: [`StackCapture::On`] (the default, signal
+    /// `SIGRTMIN() + 6`), [`StackCapture::Signal`] to pick another
+    /// real-time signal, [`StackCapture::Off`]. Only on Linux on x86-64 and
+    /// aarch64; elsewhere it is always off. A signal outside `SIGRTMIN()`
+    /// to `SIGRTMAX()` is refused by `build`; one the application handles
+    /// turns capture off for the `Pulse` (see [`StackCapture`]). Fixed once
+    /// the `Pulse` is built.
+    ///
+    /// ```
+    /// use tokio_pulse::{Pulse, StackCapture};
+    ///
+    /// let pulse = Pulse::builder().stack_capture(StackCapture::Off).build()?;
+    /// # Ok::<(), tokio_pulse::ConfigError>(())
+    /// ```
+    pub fn stack_capture(mut self, capture: StackCapture) -> Self {
+        self.overrides.stack_capture = Some(capture);
+        self
+    }
+
     /// How many origins (spawn sites and task names, see
     /// [`Origin`](crate::Origin)) whose tasks misbehaved are remembered at
     /// once, so that their new tasks start at the tier they earned.
@@ -613,6 +654,7 @@ impl PulseBuilder {
                     .watchdog_threshold
                     .unwrap_or(d.interventions.watchdog_threshold),
                 isolation_floor: o.isolation_floor.unwrap_or(d.interventions.isolation_floor),
+                stack_capture: o.stack_capture.unwrap_or(d.interventions.stack_capture),
             },
             origins: o
                 .origin_capacity

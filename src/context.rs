@@ -10,7 +10,9 @@
 //! - the ticker of the poll's engine, on its own thread, notes when it
 //!   first saw each poll running (the start of what the poll is charged)
 //!   and whether it is still the same poll a tick later (a long one);
-//! - the watchdog, run by the ticker, reports polls that run too long.
+//! - the watchdog, run by the ticker, reports polls that run too long,
+//!   and captures the thread's stack through the handle the slot keeps
+//!   (see `stack`), registered with the slot, once per thread.
 
 use std::cell::Cell;
 use std::ptr;
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crossbeam_utils::CachePadded;
 
+use crate::stack::{StackError, ThreadHandle};
 use crate::sync::{AtomicPtr, AtomicU64, fence, lock};
 use crate::task::TaskShared;
 use crate::ticker::{Tick, Ticker};
@@ -45,6 +48,14 @@ pub(crate) struct ThreadSlot {
     /// The thread's own scheduler figures, opened at its first long poll;
     /// used by that thread only.
     own_figures: std::sync::OnceLock<Option<SchedStatFile>>,
+    /// The thread, for the watchdog's stack captures: registered with the
+    /// slot, so never on the poll path. An error where the thread cannot
+    /// be captured (another platform; a thread on a foreign stack).
+    pub stack_thread: Result<ThreadHandle, StackError>,
+    /// The stack the watchdog captured of the poll it last reported stuck
+    /// on this thread, with that poll's sequence number: shown by
+    /// snapshots while that poll runs, replaced at the next report.
+    stuck_stack: Mutex<Option<(u64, String)>>,
 }
 
 #[derive(Debug)]
@@ -170,7 +181,11 @@ pub(crate) struct Running {
 }
 
 impl ThreadSlot {
-    fn new(thread_name: Option<String>, tid: i32) -> Self {
+    fn new(
+        thread_name: Option<String>,
+        tid: i32,
+        stack_thread: Result<ThreadHandle, StackError>,
+    ) -> Self {
         ThreadSlot {
             poll: CachePadded::new(PollWords {
                 seq: AtomicU64::new(0),
@@ -182,6 +197,21 @@ impl ThreadSlot {
             thread_name,
             tid,
             own_figures: std::sync::OnceLock::new(),
+            stack_thread,
+            stuck_stack: Mutex::new(None),
+        }
+    }
+
+    /// Keeps `stack`, captured during poll `seq`.
+    pub(crate) fn set_stuck_stack(&self, seq: u64, stack: String) {
+        *lock(&self.stuck_stack) = Some((seq, stack));
+    }
+
+    /// The stack captured during poll `seq`, if any.
+    pub(crate) fn stuck_stack(&self, seq: u64) -> Option<String> {
+        match &*lock(&self.stuck_stack) {
+            Some((captured, stack)) if *captured == seq => Some(stack.clone()),
+            _ => None,
         }
     }
 
@@ -307,6 +337,7 @@ fn register() -> Option<&'static ThreadSlot> {
     let slot = Arc::new(ThreadSlot::new(
         std::thread::current().name().map(str::to_owned),
         crate::timing::schedstat::current_tid(),
+        ThreadHandle::current(),
     ));
     let p = Arc::as_ptr(&slot);
     OWNER.try_with(|o| o.0.set(Some(Arc::clone(&slot)))).ok()?;
@@ -319,8 +350,9 @@ fn register() -> Option<&'static ThreadSlot> {
     Some(unsafe { &*p })
 }
 
-/// Calls `f` with each live thread slot.
-pub(crate) fn for_each_slot(mut f: impl FnMut(&ThreadSlot)) {
+/// Calls `f` with each live thread slot (holding the list's lock: `f`
+/// must be short; it may keep a clone of the slot for later).
+pub(crate) fn for_each_slot(mut f: impl FnMut(&Arc<ThreadSlot>)) {
     let slots = lock(&SLOTS);
     for slot in slots.iter().filter_map(Weak::upgrade) {
         f(&slot);
@@ -446,7 +478,7 @@ mod loom_models {
     #[test]
     fn loom_a_slot_reading_never_mixes_two_polls() {
         loom::model(|| {
-            let slot = Arc::new(ThreadSlot::new(None, 0));
+            let slot = Arc::new(ThreadSlot::new(None, 0, Err(StackError::Unsupported)));
             let (a, b) = (
                 ptr::dangling::<TaskShared>(),
                 ptr::dangling::<TaskShared>().wrapping_add(1),

@@ -27,6 +27,7 @@ use crate::origins::{OriginChange, OriginMemory, OriginRef};
 use crate::registry::Registry;
 use crate::slow_lane::SlowLane;
 use crate::snapshot::{Snapshot, TaskSnapshot};
+use crate::stack::{CaptureState, StackCapturer};
 use crate::stats::{PulseStats, Totals};
 use crate::sync::lock;
 use crate::task::{TaskInfo, TaskShared};
@@ -59,6 +60,8 @@ pub(crate) struct Engine {
     /// Started when the first task is isolated.
     pool: OnceLock<Result<IsolationPool, String>>,
     watchdog: Mutex<Component>,
+    /// The watchdog's stack captures.
+    stacks: StackCapturer,
     /// How tasks from each origin behaved; `None` when turned off.
     origins: Option<OriginMemory>,
     /// Tasks observed through Tokio's task hooks, not managed.
@@ -124,6 +127,12 @@ pub struct Health {
     /// with nothing to raise ([`IsolationPriority::Inherit`](crate::IsolationPriority::Inherit));
     /// `NotStarted` until the pool starts.
     pub isolation_floor: Component,
+    /// The watchdog's capture of stuck threads' stacks (see
+    /// [`StackCapture`](crate::StackCapture)). `Disabled` when turned off,
+    /// without a watchdog, and on platforms other than Linux on x86-64
+    /// and aarch64; `Failed` when its signal is used by the application
+    /// (stacks are then `None`; stuck polls are still reported).
+    pub stack_capture: Component,
 }
 
 /// The state of one background part of a `Pulse`.
@@ -134,9 +143,11 @@ pub enum Component {
     Running,
     /// Not started yet: it starts on first use.
     NotStarted,
-    /// Turned off by the configuration.
+    /// Turned off by the configuration (or, for stack capture, not
+    /// supported on this platform).
     Disabled,
-    /// The OS refused its thread; the message says why.
+    /// It could not run: the OS refused its thread, or (stack capture) its
+    /// signal is used by the application. The message says why.
     Failed(String),
 }
 
@@ -167,6 +178,11 @@ impl Engine {
             stats: PulseStats::default(),
             pool: OnceLock::new(),
             watchdog: Mutex::new(Component::Disabled),
+            stacks: if config.interventions.watchdog_threshold.is_some() {
+                StackCapturer::start(config.interventions.stack_capture)
+            } else {
+                StackCapturer::off()
+            },
             origins: config.origins.map(OriginMemory::new),
             reconfiguring: Mutex::new(()),
             config: ArcSwap::from_pointee(config),
@@ -390,6 +406,7 @@ impl Engine {
                 "without_watchdog",
                 o.watchdog_threshold.is_some() != n.watchdog_threshold.is_some(),
             ),
+            ("stack_capture", o.stack_capture != n.stack_capture),
             (
                 "without_origin_memory",
                 old.origins.is_some() != new.origins.is_some(),
@@ -445,6 +462,7 @@ impl Engine {
         let config = self.config();
         let floor_wanted = config.interventions.isolation_floor.is_some()
             && config.interventions.isolation_priority != IsolationPriority::Inherit;
+        drop(config);
         let (isolation_pool, isolation_floor) = match self.pool.get() {
             None => (Component::NotStarted, Component::NotStarted),
             Some(Err(e)) => (Component::Failed(e.clone()), Component::Failed(e.clone())),
@@ -456,14 +474,24 @@ impl Engine {
                 },
             ),
         };
+        let watchdog = lock(&self.watchdog).clone();
+        let stack_capture = match (&watchdog, self.stacks.state()) {
+            (Component::Failed(_), CaptureState::Running) => {
+                Component::Failed("the watchdog is not running: no poll is reported".to_owned())
+            }
+            (_, CaptureState::Running) => Component::Running,
+            (_, CaptureState::Off) => Component::Disabled,
+            (_, CaptureState::Failed(reason)) => Component::Failed(reason),
+        };
         Health {
-            watchdog: lock(&self.watchdog).clone(),
+            watchdog,
             isolation_pool,
             isolation_floor: if floor_wanted {
                 isolation_floor
             } else {
                 Component::Disabled
             },
+            stack_capture,
         }
     }
 }
@@ -484,6 +512,7 @@ impl Engine {
         drop(config);
         let stalled_ns = self.ticker.stalled_ns();
         let mut seen = Seen::default();
+        let mut stuck = Vec::new();
         slots.sweep_start();
         context::for_each_slot(|slot| {
             let memory = slots.of(slot);
@@ -526,7 +555,13 @@ impl Engine {
                     );
                 }
             }
-            watchdog::check(slot, poll, running_ns, threshold_ns, &self.stats);
+            stuck.extend(watchdog::check(
+                slot,
+                poll,
+                running_ns,
+                threshold_ns,
+                &self.stats,
+            ));
         });
         slots.sweep_end();
         // The isolation pool's progress floor, if the pool runs.
@@ -535,6 +570,11 @@ impl Engine {
             self.stats.floor_raised(floor.raised);
             // Isolated work is about: keep ticking, so the floor is kept.
             seen.activity |= floor.busy;
+        }
+        // Reported with the slots' list let go: a capture waits for the
+        // stuck thread, and the first one loads the debug information.
+        for stuck in stuck {
+            watchdog::report(stuck, &self.stacks);
         }
         seen
     }
@@ -759,6 +799,17 @@ mod tests {
             matches!(health.isolation_floor, Component::Failed(_)),
             "{health:?}"
         );
+        // Nothing to capture stacks for without the watchdog.
+        let supported = cfg!(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ));
+        if supported {
+            assert!(
+                matches!(health.stack_capture, Component::Failed(ref e) if e.contains("watchdog")),
+                "{health:?}"
+            );
+        }
         // Still usable: snapshots and totals answer.
         assert_eq!(engine.snapshot().tasks.len(), 0);
         assert_eq!(engine.totals().tasks_spawned, 0);
@@ -781,5 +832,21 @@ mod tests {
             PulseBuilder::new().isolation_priority(IsolationPriority::Inherit),
         ));
         assert_eq!(inherit.health().isolation_floor, Component::Disabled);
+        assert_eq!(off.health().stack_capture, Component::Disabled);
+        let supported = cfg!(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ));
+        let capture = engine.health().stack_capture;
+        if supported {
+            assert_eq!(capture, Component::Running);
+        } else {
+            assert_eq!(capture, Component::Disabled);
+        }
+        let uncaptured = Engine::start(config(
+            PulseBuilder::new().stack_capture(crate::stack::StackCapture::Off),
+        ));
+        assert_eq!(uncaptured.health().watchdog, Component::Running);
+        assert_eq!(uncaptured.health().stack_capture, Component::Disabled);
     }
 }

@@ -105,6 +105,7 @@ mod runtime_tasks;
 mod sharded;
 mod slow_lane;
 mod snapshot;
+mod stack;
 mod stats;
 mod sync;
 mod task;
@@ -138,6 +139,7 @@ pub use pulse::{Pulse, PulseExt, SetDefaultError, spawn, spawn_named};
 #[cfg(all(feature = "runtime-hooks", tokio_unstable))]
 pub use runtime_hooks::RuntimeHooks;
 pub use snapshot::{Snapshot, StuckPoll, TaskSnapshot};
+pub use stack::StackCapture;
 pub use stats::Totals;
 pub use task::{TaskId, TaskInfo};
 pub use tier::{PerTier, Tier};

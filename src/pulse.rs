@@ -129,9 +129,10 @@ impl Pulse {
     }
 
     /// Whether the watchdog and the isolation pool, which run on threads
-    /// of their own, are up, and whether the pool's progress floor can
-    /// raise its threads. See [`Health`] for what is lost when the OS
-    /// refused one of them.
+    /// of their own, are up, whether the pool's progress floor can raise
+    /// its threads, and whether the watchdog captures stuck threads'
+    /// stacks. See [`Health`] for what is lost when the OS refused one of
+    /// them, or the application uses the capture's signal.
     pub fn health(&self) -> Health {
         self.engine.health()
     }

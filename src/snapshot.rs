@@ -55,6 +55,21 @@ pub struct StuckPoll {
     pub running_for: Duration,
     /// The name of the thread it runs on.
     pub thread: Option<String>,
+    /// Where the thread is stuck: its stack, captured when the watchdog
+    /// first reported this poll, innermost frame first, one line per
+    /// function (`   3: my_app::parse at src/parse.rs:42`). Functions
+    /// inlined into a frame get a line each under the frame's number,
+    /// innermost first, marked `(inlined)`; `file:line` appears where the
+    /// binary has debug information, and an address with no symbol prints
+    /// as the address and the library it lies in. The capture's own
+    /// machinery (the signal handler) never appears.
+    ///
+    /// `None` until the watchdog has reported the poll (a snapshot may
+    /// list it a little earlier), when stack capture is off or not
+    /// supported on this platform (see [`StackCapture`](crate::StackCapture)),
+    /// or when the capture failed (the watchdog's `tracing` error then
+    /// says why, in its `stack_error` field).
+    pub stack: Option<String>,
 }
 
 impl Snapshot {

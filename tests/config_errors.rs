@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio_pulse::{
     ConfigError, IsolationPriority, PollReport, PreemptionHooks, Profile, Pulse, PulseBuilder,
-    PulseExt, TaskInfo, Tier,
+    PulseExt, StackCapture, TaskInfo, Tier,
 };
 
 fn rejected(b: PulseBuilder) -> (ConfigError, String) {
@@ -400,6 +400,10 @@ fn reconfigure_refuses_to_change_the_pool_priority_or_to_add_or_remove_the_watch
             "origin_memory_capacity",
             Pulse::builder().origin_memory_capacity(64),
         ),
+        (
+            "stack_capture",
+            Pulse::builder().stack_capture(StackCapture::Off),
+        ),
     ];
     for (field, builder) in cases {
         let err = pulse.reconfigure(builder).unwrap_err();
@@ -419,6 +423,43 @@ fn reconfigure_refuses_to_change_the_pool_priority_or_to_add_or_remove_the_watch
             field: "without_watchdog"
         }
     );
+}
+
+/// Only a real-time signal can carry a stack capture: any other has a
+/// meaning of its own (and the kernel's default action for it).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[test]
+fn a_stack_capture_signal_that_is_not_real_time_is_rejected_naming_the_range() {
+    for signal in [0, -1, libc::SIGSEGV, libc::SIGPROF, libc::SIGRTMAX() + 1] {
+        let (err, msg) = rejected(Pulse::builder().stack_capture(StackCapture::Signal(signal)));
+        assert!(
+            matches!(
+                err,
+                ConfigError::OutOfRange {
+                    field: "stack_capture",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let range = format!(
+            "from SIGRTMIN ({}) to SIGRTMAX ({})",
+            libc::SIGRTMIN(),
+            libc::SIGRTMAX()
+        );
+        assert!(msg.contains(&range), "{msg}");
+        assert!(
+            msg.contains(&format!("StackCapture::Signal({signal})")),
+            "{msg}"
+        );
+    }
+    Pulse::builder()
+        .stack_capture(StackCapture::Signal(libc::SIGRTMAX() - 2))
+        .build()
+        .expect("a free real-time signal");
 }
 
 #[derive(Default)]
@@ -485,6 +526,7 @@ enum Set {
     WithoutOriginMemory,
     IsolationFloor(u8, Duration),
     WithoutIsolationFloor,
+    StackCapture(StackCapture),
 }
 
 impl Set {
@@ -508,6 +550,7 @@ impl Set {
             Set::WithoutOriginMemory => b.without_origin_memory(),
             Set::IsolationFloor(p, d) => b.isolation_floor(p, d),
             Set::WithoutIsolationFloor => b.without_isolation_floor(),
+            Set::StackCapture(c) => b.stack_capture(c),
         }
     }
 
@@ -532,11 +575,12 @@ impl Set {
             Set::WithoutOriginMemory => "without_origin_memory",
             Set::IsolationFloor(..) => "isolation_floor",
             Set::WithoutIsolationFloor => "without_isolation_floor",
+            Set::StackCapture(_) => "stack_capture",
         }
     }
 }
 
-const SETTERS: [&str; 18] = [
+const SETTERS: [&str; 19] = [
     "profile",
     "slow_poll_threshold",
     "cpu_budget",
@@ -555,6 +599,7 @@ const SETTERS: [&str; 18] = [
     "without_origin_memory",
     "isolation_floor",
     "without_isolation_floor",
+    "stack_capture",
 ];
 
 /// Durations around every bound the rules use, and the extremes.
@@ -614,6 +659,13 @@ fn set() -> impl Strategy<Value = Set> {
         Just(Set::WithoutOriginMemory),
         (any::<u8>(), duration()).prop_map(|(p, d)| Set::IsolationFloor(p, d)),
         Just(Set::WithoutIsolationFloor),
+        prop_oneof![
+            Just(StackCapture::On),
+            Just(StackCapture::Off),
+            any::<i32>().prop_map(StackCapture::Signal),
+            (30i32..70).prop_map(StackCapture::Signal),
+        ]
+        .prop_map(Set::StackCapture),
     ]
 }
 
@@ -656,6 +708,7 @@ proptest! {
                 .isolation_threads(2)
                 .isolation_priority(IsolationPriority::Idle)
                 .origin_memory_capacity(1024)
+                .stack_capture(StackCapture::On)
         };
         let target = reloadable(Pulse::builder()).build().unwrap();
         match builder.clone().build() {
