@@ -87,7 +87,9 @@ pub(crate) struct Sightings {
     stamp_cpu_ns: std::sync::atomic::AtomicU64,
     stamp_delay_ns: std::sync::atomic::AtomicU64,
     /// The poll last reported stuck, so that a poll is reported once.
-    pub reported_seq: std::sync::atomic::AtomicU64,
+    reported_seq: std::sync::atomic::AtomicU64,
+    /// What the watchdog charged that poll when it reported it.
+    reported_ns: std::sync::atomic::AtomicU64,
 }
 
 /// What a ticker noted about one poll.
@@ -147,6 +149,26 @@ impl Sightings {
         noted.stamp = figures();
         self.write(seq, noted);
         noted
+    }
+
+    /// Notes that the watchdog reports poll `seq`, charged `running_ns`;
+    /// `false` if it reported that poll before. Only the poll's own
+    /// engine's ticker reports it.
+    pub(crate) fn report(&self, seq: u64, running_ns: u64) -> bool {
+        use std::sync::atomic::Ordering::Release;
+        if self.reported_seq.load(Relaxed) == seq {
+            return false;
+        }
+        self.reported_ns.store(running_ns, Relaxed);
+        self.reported_seq.store(seq, Release);
+        true
+    }
+
+    /// What the watchdog charged poll `seq` when it reported it, if it
+    /// did.
+    pub(crate) fn reported(&self, seq: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Acquire;
+        (self.reported_seq.load(Acquire) == seq).then(|| self.reported_ns.load(Relaxed))
     }
 
     fn write(&self, seq: u64, s: Sighting) {

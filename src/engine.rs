@@ -678,12 +678,14 @@ fn start_ticker(engine: Weak<Engine>) -> std::io::Result<std::thread::Thread> {
             if let Some(late) = slept.checked_sub(period) {
                 engine.ticker.woke_late(late);
             }
+            engine.ticker.working();
             // A panic here can only come from user code (a `tracing`
             // subscriber in a watchdog report); the ticker carries on.
             let seen =
                 catch(|| engine.tick(now, idle, &mut slots)).unwrap_or(Seen { activity: true });
             let slow_poll = engine.config().slow_poll_threshold;
             (period, idle) = pace.next(&engine.ticker, seen, now, slow_poll);
+            engine.ticker.sleeps_from(clock().now_ns());
         }
     })?;
     Ok(handle.thread().clone())

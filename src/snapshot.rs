@@ -30,7 +30,9 @@ pub struct Snapshot {
     /// on such a runtime is in both lists; here it is charged only the
     /// time spent outside its managed future.
     pub runtime_tasks: Vec<TaskSnapshot>,
-    /// Polls running now for longer than the watchdog threshold.
+    /// Polls running now for longer than the watchdog threshold, charged
+    /// as the watchdog charges them (net of time their threads waited for
+    /// a CPU), and polls the watchdog has reported that are still running.
     pub stuck: Vec<StuckPoll>,
     /// Every origin (spawn site or task name) remembered because some of
     /// its tasks misbehaved, with the tier its new tasks start at. Empty

@@ -44,7 +44,10 @@
 //! could they, most likely: a quota throttled the cgroup, the VM was
 //! paused. The total is what a poll that was *blocked* meanwhile is not
 //! charged for (see `schedstat::charged`): a worker blocked then is most
-//! likely waiting for a lock held by a thread the stall stopped.
+//! likely waiting for a lock held by a thread the stall stopped. Time the
+//! ticker spends awake on a tick's own work (a watchdog report's stack
+//! capture loads debug information, up to a second) is not a stall: a
+//! stall is only counted past the time its sleep was due to end.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -107,6 +110,10 @@ struct Hot {
     /// How long the ticker has been stalled so far, in total: the time it
     /// woke late, past its period and [`STALL_SLACK`].
     stalled_ns: AtomicU64,
+    /// When the ticker is due to wake from its sleep; `u64::MAX` while it
+    /// is awake, doing a tick's work (a stack capture can take it most of
+    /// a second, and that is no stall of the process).
+    due_ns: AtomicU64,
 }
 
 /// A reading of the tick word.
@@ -143,6 +150,7 @@ impl Ticker {
                 fine: AtomicBool::new(false),
                 period_ns: AtomicU64::new(0),
                 stalled_ns: AtomicU64::new(0),
+                due_ns: AtomicU64::new(u64::MAX),
             }),
             ring: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(now_ns))),
             wants_fine: CachePadded::new(AtomicBool::new(false)),
@@ -229,15 +237,24 @@ impl Ticker {
         self.hot.stalled_ns.load(Relaxed)
     }
 
+    /// The ticker is awake, doing a tick's work: no stall is going on.
+    pub(crate) fn working(&self) {
+        self.hot.due_ns.store(u64::MAX, Relaxed);
+    }
+
+    /// The ticker goes to sleep at `now_ns` for the period the pace chose.
+    pub(crate) fn sleeps_from(&self, now_ns: u64) {
+        let due = now_ns.saturating_add(self.period_ns());
+        self.hot.due_ns.store(due, Relaxed);
+    }
+
     /// How long the ticker has been stalled since its total was `earlier`,
-    /// as of `now_ns`: including a stall going on now (no tick for longer
-    /// than the period and the slack).
+    /// as of `now_ns`: including a stall going on now (asleep for longer
+    /// than its period and the slack; time it spends on a tick's own work
+    /// is not a stall).
     pub(crate) fn stalled_since(&self, earlier: u64, now_ns: u64) -> u64 {
-        let due = self
-            .latest_ns()
-            .saturating_add(self.period_ns())
-            .saturating_add(STALL_SLACK.as_nanos() as u64);
-        let ongoing = now_ns.saturating_sub(due);
+        let due = self.hot.due_ns.load(Relaxed);
+        let ongoing = now_ns.saturating_sub(due.saturating_add(STALL_SLACK.as_nanos() as u64));
         self.stalled_ns()
             .saturating_sub(earlier)
             .saturating_add(ongoing)
@@ -424,8 +441,11 @@ mod tests {
         t.woke_late(STALL_SLACK + Duration::from_millis(30));
         t.advance(40 * MS, false);
         assert_eq!(t.stalled_since(before, 40 * MS), 30 * MS);
-        // No tick for 50 ms past the last one: 50 ms less a period and the
-        // slack are a stall going on now.
+        // Awake for 50 ms, doing a tick's work: no stall.
+        assert_eq!(t.stalled_since(before, 90 * MS), 30 * MS);
+        // Asleep from 40 ms, no tick for 50 ms: 50 ms less a period and
+        // the slack are a stall going on now.
+        t.sleeps_from(40 * MS);
         let now = 90 * MS;
         let ongoing = now - 40 * MS - t.period_ns() - STALL_SLACK.as_nanos() as u64;
         assert_eq!(t.stalled_since(before, now), 30 * MS + ongoing);

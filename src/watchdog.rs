@@ -18,7 +18,6 @@
 use std::borrow::Cow;
 use std::panic::Location;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::context::{self, Running, ThreadSlot};
@@ -52,9 +51,7 @@ pub(crate) fn check(
     threshold_ns: u64,
     stats: &PulseStats,
 ) -> Option<Stuck> {
-    if running_ns < threshold_ns
-        || slot.sightings().reported_seq.swap(poll.seq, Relaxed) == poll.seq
-    {
+    if running_ns < threshold_ns || !slot.sightings().report(poll.seq, running_ns) {
         return None;
     }
     // Act on the task, and copy what the report needs; the report is made
@@ -148,7 +145,12 @@ pub(crate) fn stuck_polls(ticker: &Ticker, min: Duration) -> Vec<StuckPoll> {
         if running_ns < min_ns {
             return;
         }
-        // Charged as the watchdog charges it (see `Engine::tick`).
+        // Charged as the watchdog charges it (see `Engine::tick`). A poll
+        // the watchdog has reported stays listed while it runs, charged at
+        // least what the report said, whatever a later reading says (its
+        // thread may be runnable for a moment, answering the stack
+        // capture's signal).
+        let reported = slot.sightings().reported(poll.seq);
         if let (Some((stamp_ns, before)), Some(figures)) = (
             seen.stamp,
             SchedStatFile::thread(slot.tid).and_then(|f| f.read()),
@@ -157,8 +159,10 @@ pub(crate) fn stuck_polls(ticker: &Ticker, min: Duration) -> Vec<StuckPoll> {
             let window_ns = now.saturating_sub(stamp_ns);
             let during = figures.since(before);
             running_ns = charged_so_far(running_ns, window_ns, during, stalled, slot.tid, min_ns);
-            if running_ns < min_ns {
-                return;
+            match reported {
+                Some(charged_ns) => running_ns = running_ns.max(charged_ns),
+                None if running_ns < min_ns => return,
+                None => {}
             }
         }
         let task = context::inspect(slot, poll, |t| (t.id, t.name.clone(), t.location));
