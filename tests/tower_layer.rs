@@ -120,8 +120,11 @@ async fn a_cpu_heavy_route_is_attributed_and_made_to_yield_by_name() {
 
     let heavy = seen.get("/heavy");
     let fast = seen.get("/fast");
-    // Three heavy requests, each at least 8 polls of 3 ms.
-    assert!(heavy.slow >= 24, "{heavy:?}");
+    // Three heavy requests, each 8 polls of 3 ms. Under sampled timing a
+    // long poll while the ticker is coarse (4 ms apart here) may go unseen
+    // (see `Timing`): the ticker turns fine at the first one it sees, so
+    // most are judged slow, not necessarily all.
+    assert!(heavy.slow >= 16, "{heavy:?}");
     assert!(
         heavy.tiers.contains(&Tier::Warn) && heavy.tiers.contains(&Tier::Yield),
         "heavy requests were not promoted: {heavy:?}"
