@@ -598,6 +598,9 @@ struct SlotMemory {
 
 #[derive(Default)]
 struct Remembered {
+    /// The thread whose slot this is: a slot freed when its thread exited
+    /// may be followed by another thread's at the same address.
+    tid: i32,
     seq: u64,
     alive: bool,
     figures: Option<Option<SchedStatFile>>,
@@ -632,13 +635,18 @@ impl Remembered {
 
 impl SlotMemory {
     fn of(&mut self, slot: &context::ThreadSlot) -> &mut Remembered {
+        let fresh = || Remembered {
+            tid: slot.tid,
+            seq: slot.seq(),
+            ..Remembered::default()
+        };
         let entry = self
             .slots
             .entry(std::ptr::from_ref(slot) as usize)
-            .or_insert_with(|| Remembered {
-                seq: slot.seq(),
-                ..Remembered::default()
-            });
+            .or_insert_with(fresh);
+        if entry.tid != slot.tid {
+            *entry = fresh();
+        }
         entry.alive = true;
         entry
     }

@@ -290,7 +290,7 @@ fn program_strategy() -> impl Strategy<Value = Program> {
 /// Programs that take each interesting path for sure, run before the
 /// generated ones.
 fn fixed_programs() -> Vec<Program> {
-    let hogs = || vec![Step::Hog(2); 4];
+    let hogs = || vec![Step::Hog(2); 8];
     let then = |more: &[Step]| [hogs(), more.to_vec()].concat();
     vec![
         Program {
@@ -298,7 +298,7 @@ fn fixed_programs() -> Vec<Program> {
             end: End::Return(1),
         },
         Program {
-            steps: then(&[Step::Sleep(12); 3]),
+            steps: then(&[Step::Sleep(12); 6]),
             end: End::Return(2),
         },
         Program {
