@@ -62,10 +62,12 @@ struct LogWriter(&'static Logs);
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A test that failed while holding the lock must not fail the
+        // others' logging too.
         self.0
             .text
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push_str(&String::from_utf8_lossy(buf));
         self.0.grew.notify_all();
         Ok(buf.len())
@@ -81,14 +83,21 @@ impl Logs {
     /// prints one frame per line).
     fn wait_for(&self, needles: &[&str]) -> String {
         let deadline = Instant::now() + WITHIN;
-        let mut text = self.text.lock().unwrap();
+        let mut text = self
+            .text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if let Some(event) = events(&text).find(|e| needles.iter().all(|n| e.contains(n))) {
                 return event.to_owned();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no event with {needles:?} in:\n{text}");
-            text = self.grew.wait_timeout(text, left).unwrap().0;
+            text = self
+                .grew
+                .wait_timeout(text, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 }
