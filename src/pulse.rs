@@ -37,7 +37,7 @@ use crate::task::TaskShared;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Pulse {
-    engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
 }
 
 impl PulseBuilder {

@@ -57,6 +57,8 @@ impl Clock {
     /// A raw reading in quanta's units, as `quanta::Clock::raw` returns it.
     #[inline(always)]
     fn raw(&self) -> u64 {
+        #[cfg(test)]
+        READS.with(|r| r.set(r.get() + 1));
         #[cfg(target_arch = "x86_64")]
         if self.inline_tsc {
             return tsc();
@@ -88,6 +90,18 @@ fn quanta_reads_tsc(source: &quanta::Clock) -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn quanta_reads_tsc(_source: &quanta::Clock) -> bool {
     false
+}
+
+#[cfg(test)]
+thread_local! {
+    static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Clock readings taken on this thread so far (tests only: the count is
+/// how tests prove a short poll reads no clock).
+#[cfg(test)]
+pub(crate) fn reads_on_this_thread() -> u64 {
+    READS.with(std::cell::Cell::get)
 }
 
 /// The process-wide clock. Calibrating the TSC takes a few milliseconds, so
