@@ -32,8 +32,8 @@
 //! try-lock) only runs for polls long enough to count against the budget,
 //! or for tasks already at `Warn`. Spawning a task adds an allocation and
 //! a shard-locked insert. Example `runtime_hooks_cost` measures it against
-//! a managed future's wrapper and against Tokio calling empty hooks; the
-//! figures are in BENCHMARKS.md.
+//! a managed future's wrapper and against Tokio calling empty hooks (the
+//! README's section on runtime hooks quotes it).
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;

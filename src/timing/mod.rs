@@ -1,22 +1,20 @@
-//! Clocks for the poll path.
+//! Clocks for the polls that need one.
 //!
-//! Every managed poll is timed, so reading the clock is most of what
-//! tokio-pulse costs. Two sources are used, for two questions:
+//! Under sampled timing (the default) a short poll reads no clock at all:
+//! it compares ticks (see `ticker`). A poll that outlasted a tick, and every
+//! poll under exact timing, reads these:
 //!
 //! - **Wall time** ("how long did this poll hold the worker?") comes from
-//!   the CPU's invariant time-stamp counter through [`quanta`]: a fraction of
-//!   the cost of `Instant::now()` through the vDSO (BENCHMARKS.md, "clock").
-//!   Where no invariant TSC exists, quanta falls back to the OS monotonic
-//!   clock, so the numbers stay right and only get slower. Wall time is what
-//!   starves other tasks (a poll that blocks in a syscall holds the worker as
-//!   surely as one that computes), so it alone drives the tiers.
-//! - **Thread CPU time** ("was the worker computing, or blocked?") costs a
-//!   system call on Linux (BENCHMARKS.md, "CPU time"), so it is
-//!   never read on every poll: only tasks already at [`Tier::Warn`] or above
-//!   (suspects) pay for it, only around their long polls, and only to tell a
-//!   CPU hog from a blocker in what they report. See [`cpu`].
-//!
-//! [`Tier::Warn`]: crate::Tier::Warn
+//!   the CPU's invariant time-stamp counter through [`quanta`]: a fraction
+//!   of the cost of `Instant::now()` through the vDSO (BENCHMARKS.md,
+//!   "CPU-time sources"). Where no invariant TSC exists, quanta falls back
+//!   to the OS monotonic clock, so the numbers stay right and only get
+//!   slower. Wall time is what starves other tasks (a poll that blocks in a
+//!   syscall holds the worker as surely as one that computes).
+//! - **The scheduler's figures** for a thread ([`schedstat`]: CPU time, and
+//!   the time it waited for a CPU) are read only for polls already found
+//!   long: a poll is not charged for time the OS did not run its thread, and
+//!   CPU time tells a hog from a blocker in what is reported.
 
 pub(crate) mod schedstat;
 
