@@ -394,3 +394,69 @@ where
     }
     tokio::spawn(future)
 }
+
+#[cfg(test)]
+mod clock_reads {
+    use crate::timing::reads_on_this_thread;
+    use crate::{Pulse, PulseExt, Timing};
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Pending `left` times (waking itself), then ready: a poll that does
+    /// nothing.
+    struct Polls {
+        left: u32,
+    }
+
+    impl Future for Polls {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.left == 0 {
+                return Poll::Ready(());
+            }
+            self.left -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    const POLLS: u64 = 10_000;
+
+    /// Clock readings on this thread over polls 100 to 10 100 of a task of
+    /// `pulse` whose polls do nothing, and the ticks that went by meanwhile.
+    fn clock_reads_over_short_polls(pulse: &Pulse) -> (u64, u64) {
+        let mut fut = std::pin::pin!(Polls { left: 20_000 }.pulse(pulse));
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..100 {
+            let _ = fut.as_mut().poll(&mut cx);
+        }
+        let ticker = &pulse.engine.ticker;
+        let (reads, ticks) = (reads_on_this_thread(), ticker.read().count());
+        for _ in 0..POLLS {
+            let _ = fut.as_mut().poll(&mut cx);
+        }
+        (
+            reads_on_this_thread() - reads,
+            ticker.read().count() - ticks,
+        )
+    }
+
+    /// A poll reads the clock only if a tick went by while it ran, to
+    /// measure itself: at most once per tick, whatever the number of polls.
+    #[test]
+    fn a_short_poll_reads_no_clock_under_sampled_timing() {
+        let pulse = Pulse::new();
+        let (reads, ticks) = clock_reads_over_short_polls(&pulse);
+        assert!(reads <= ticks, "{reads} clock reads, {ticks} ticks");
+        assert!(ticks < POLLS / 10, "{ticks} ticks over {POLLS} polls");
+    }
+
+    /// The counter the test above relies on does count: exact timing reads
+    /// the clock at the start and end of every poll.
+    #[test]
+    fn exact_timing_reads_the_clock_twice_a_poll() {
+        let pulse = Pulse::builder().timing(Timing::Exact).build().unwrap();
+        assert!(clock_reads_over_short_polls(&pulse).0 >= 2 * POLLS);
+    }
+}
