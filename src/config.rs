@@ -539,7 +539,7 @@ impl PulseBuilder {
     /// isolated tasks for about `after` at most, and isolated work takes
     /// at most about `percent` % of a CPU per isolation thread from
     /// everyone else, main workers included, and only while it would
-    /// otherwise starve. Default 25 % after 50 ms; `percent` from 1 to 50,
+    /// otherwise starve. Default 50 % after 50 ms; `percent` from 1 to 50,
     /// `after` from 10 ms to 10 s. Can be changed by `reconfigure`.
     ///
     /// Raising a thread needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that
