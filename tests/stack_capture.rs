@@ -190,12 +190,17 @@ fn pulse_test_spins_here(here: &mpsc::Sender<()>, released: &AtomicBool) -> u64 
     }
 }
 
-#[test]
-fn a_poll_stuck_in_a_sleep_is_reported_with_the_function_it_sleeps_in() {
-    logs();
+/// Runs a task named `name` on `pulse` (on a runtime of its own) that
+/// gets stuck in `stuck_in` (which tells the test it is there, and stays
+/// until released); returns the watchdog's report about it and its
+/// snapshot entry, both taken while it was stuck, once it has been
+/// released and has finished.
+fn report_and_entry<R: Send + 'static>(
+    pulse: &Pulse,
+    name: &'static str,
+    stuck_in: impl FnOnce(&mpsc::Sender<()>, &AtomicBool) -> R + Send + 'static,
+) -> (String, StuckPoll) {
     let rt = common::two_worker_runtime();
-    let pulse = Pulse::new();
-    assert_eq!(pulse.health().stack_capture, Component::Running);
     let (here_tx, here) = mpsc::channel();
     let stuck = Stuck::new();
     let released = stuck.released();
@@ -203,18 +208,25 @@ fn a_poll_stuck_in_a_sleep_is_reported_with_the_function_it_sleeps_in() {
         let pulse = pulse.clone();
         async move {
             pulse
-                .spawn_named("sleeper", async move {
-                    pulse_test_sleeps_here(&here_tx, &released)
-                })
+                .spawn_named(name, async move { stuck_in(&here_tx, &released) })
                 .await
         }
     });
-    here.recv_timeout(WITHIN).expect("the sleeper started");
-
-    let report = watchdog_report("sleeper");
-    let entry = stuck_entry(&pulse, "sleeper");
+    here.recv_timeout(WITHIN)
+        .unwrap_or_else(|_| panic!("{name} never started"));
+    let report = watchdog_report(name);
+    let entry = stuck_entry(pulse, name);
     drop(stuck);
     rt.block_on(task).unwrap().unwrap();
+    (report, entry)
+}
+
+#[test]
+fn a_poll_stuck_in_a_sleep_is_reported_with_the_function_it_sleeps_in() {
+    logs();
+    let pulse = Pulse::new();
+    assert_eq!(pulse.health().stack_capture, Component::Running);
+    let (report, entry) = report_and_entry(&pulse, "sleeper", pulse_test_sleeps_here);
 
     let stack = entry.stack.as_deref().expect("a stack in the snapshot");
     assert!(stack.contains("pulse_test_sleeps_here"), "{stack}");
@@ -233,27 +245,8 @@ fn a_poll_stuck_in_a_sleep_is_reported_with_the_function_it_sleeps_in() {
 #[test]
 fn a_poll_stuck_spinning_is_reported_with_the_function_it_spins_in() {
     logs();
-    let rt = common::two_worker_runtime();
     let pulse = Pulse::new();
-    let (here_tx, here) = mpsc::channel();
-    let stuck = Stuck::new();
-    let released = stuck.released();
-    let task = rt.spawn({
-        let pulse = pulse.clone();
-        async move {
-            pulse
-                .spawn_named("spinner", async move {
-                    pulse_test_spins_here(&here_tx, &released)
-                })
-                .await
-        }
-    });
-    here.recv_timeout(WITHIN).expect("the spinner started");
-
-    let report = watchdog_report("spinner");
-    let entry = stuck_entry(&pulse, "spinner");
-    drop(stuck);
-    rt.block_on(task).unwrap().unwrap();
+    let (report, entry) = report_and_entry(&pulse, "spinner", pulse_test_spins_here);
 
     let stack = entry.stack.as_deref().expect("a stack in the snapshot");
     // Interrupted in the loop: in the function itself, or in what it
@@ -325,31 +318,12 @@ fn two_pulses_each_capture_their_own_stuck_poll() {
 #[test]
 fn with_stack_capture_off_a_stuck_poll_is_reported_without_a_stack() {
     logs();
-    let rt = common::two_worker_runtime();
     let pulse = Pulse::builder()
         .stack_capture(StackCapture::Off)
         .build()
         .unwrap();
     assert_eq!(pulse.health().stack_capture, Component::Disabled);
-    let (here_tx, here) = mpsc::channel();
-    let stuck = Stuck::new();
-    let released = stuck.released();
-    let task = rt.spawn({
-        let pulse = pulse.clone();
-        async move {
-            pulse
-                .spawn_named("uncaptured", async move {
-                    pulse_test_sleeps_here(&here_tx, &released)
-                })
-                .await
-        }
-    });
-    here.recv_timeout(WITHIN).expect("the task started");
-
-    let report = watchdog_report("uncaptured");
-    let entry = stuck_entry(&pulse, "uncaptured");
-    drop(stuck);
-    rt.block_on(task).unwrap().unwrap();
+    let (report, entry) = report_and_entry(&pulse, "uncaptured", pulse_test_sleeps_here);
 
     assert_eq!(entry.stack, None, "{entry:?}");
     assert!(!report.contains("stack="), "{report}");
@@ -405,25 +379,7 @@ fn a_signal_the_application_handles_is_left_to_it_and_capture_is_off() {
 
     // Stuck polls are still reported, without a stack, and the
     // application's handler never gets a signal it did not expect.
-    let rt = common::two_worker_runtime();
-    let (here_tx, here) = mpsc::channel();
-    let stuck = Stuck::new();
-    let released = stuck.released();
-    let task = rt.spawn({
-        let pulse = pulse.clone();
-        async move {
-            pulse
-                .spawn_named("not-ours", async move {
-                    pulse_test_sleeps_here(&here_tx, &released)
-                })
-                .await
-        }
-    });
-    here.recv_timeout(WITHIN).expect("the task started");
-    let report = watchdog_report("not-ours");
-    let entry = stuck_entry(&pulse, "not-ours");
-    drop(stuck);
-    rt.block_on(task).unwrap().unwrap();
+    let (report, entry) = report_and_entry(&pulse, "not-ours", pulse_test_sleeps_here);
     assert_eq!(entry.stack, None, "{entry:?}");
     assert!(!report.contains("stack="), "{report}");
     assert!(!report.contains("stack_error"), "{report}");
