@@ -22,9 +22,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::logs::logs;
 use tokio_pulse::{Component, Pulse, StackCapture, StuckPoll};
 
 /// How long the stuck tasks stay stuck at least: six times the watchdog's
@@ -34,92 +34,12 @@ const STUCK_FOR: Duration = Duration::from_millis(600);
 /// A bound on waiting for an event, never a pause.
 const WITHIN: Duration = Duration::from_secs(10);
 
-/// Everything `tracing` emits in this process, as text, with a way to
-/// wait for a line. (The watchdog reports from its own thread, so the
-/// subscriber is the global one.)
-struct Logs {
-    text: Mutex<String>,
-    grew: Condvar,
-}
-
-fn logs() -> &'static Logs {
-    static LOGS: OnceLock<&'static Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Logs = Box::leak(Box::new(Logs {
-            text: Mutex::new(String::new()),
-            grew: Condvar::new(),
-        }));
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || LogWriter(logs))
-            .try_init()
-            .expect("no other subscriber in this test binary");
-        logs
-    })
-}
-
-struct LogWriter(&'static Logs);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // A test that failed while holding the lock must not fail the
-        // others' logging too.
-        self.0
-            .text
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push_str(&String::from_utf8_lossy(buf));
-        self.0.grew.notify_all();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    /// Waits for the first event whose text contains every one of
-    /// `needles`, and returns it (with its continuation lines: a stack
-    /// prints one frame per line).
-    fn wait_for(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + WITHIN;
-        let mut text = self
-            .text
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            if let Some(event) = events(&text).find(|e| needles.iter().all(|n| e.contains(n))) {
-                return event.to_owned();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no event with {needles:?} in:\n{text}");
-            text = self
-                .grew
-                .wait_timeout(text, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-/// The events in `text`: each starts with a timestamp line, and lines that
-/// do not (a stack's frames) belong to the event before.
-fn events(text: &str) -> impl Iterator<Item = &str> {
-    let starts: Vec<usize> = text
-        .match_indices('\n')
-        .map(|(i, _)| i + 1)
-        .filter(|&i| text[i..].starts_with(|c: char| c.is_ascii_digit()))
-        .chain(std::iter::once(0))
-        .collect();
-    let mut starts = starts;
-    starts.sort_unstable();
-    starts.push(text.len());
-    (0..starts.len() - 1).map(move |k| &text[starts[k]..starts[k + 1]])
-}
-
 /// The watchdog's error about task `name`, once it has been emitted.
 fn watchdog_report(name: &str) -> String {
-    logs().wait_for(&["tokio-pulse watchdog", &format!("task.name=\"{name}\"")])
+    logs().wait_for(
+        &["tokio-pulse watchdog", &format!("task.name=\"{name}\"")],
+        WITHIN,
+    )
 }
 
 /// The snapshot entry of task `name`'s stuck poll: the poll is running now.
@@ -366,7 +286,10 @@ fn a_signal_the_application_handles_is_left_to_it_and_capture_is_off() {
         .stack_capture(StackCapture::Signal(signal))
         .build()
         .expect("a taken signal turns capture off; it does not fail the build");
-    let warning = logs().wait_for(&["stack capture is off", &format!("signal={signal}")]);
+    let warning = logs().wait_for(
+        &["stack capture is off", &format!("signal={signal}")],
+        WITHIN,
+    );
     assert!(warning.contains("WARN"), "{warning}");
     match pulse.health().stack_capture {
         Component::Failed(reason) => {

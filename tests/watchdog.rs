@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::logs::logs;
 use tokio_pulse::{Pulse, PulseExt, Tier};
 
 #[test]
@@ -69,40 +70,12 @@ fn a_300ms_blocking_poll_is_reported_while_still_running_and_the_task_is_then_is
     assert_eq!(t.promotions[Tier::Isolate.index()], 1);
 }
 
-/// Everything `tracing` emits in this process, as text.
-fn captured_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
-        // The watchdog reports from its own thread: the subscriber must be
-        // the global one.
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || LogWriter(logs))
-            .try_init()
-            .expect("no other subscriber in this test binary");
-        logs
-    })
-}
-
-struct LogWriter(&'static Mutex<Vec<u8>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The report identifies the stuck poll by its task and spawn site, also
 /// when the thread it runs on has no name to give (and whether or not its
 /// stack could be captured: see `tests/stack_capture.rs`).
 #[test]
 fn a_stuck_poll_on_an_unnamed_thread_is_reported_with_its_task_and_spawn_site() {
-    let logs = captured_logs();
+    let logs = logs();
     let pulse = Pulse::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let blocking = async move {
@@ -137,17 +110,10 @@ fn a_stuck_poll_on_an_unnamed_thread_is_reported_with_its_task_and_spawn_site() 
 
     // The report is emitted once the thread's stack is captured (or its
     // capture has failed), which may be after the poll has ended.
-    let report = loop {
-        let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-        let report = logs
-            .lines()
-            .find(|l| l.contains("tokio-pulse watchdog") && l.contains("unnamed-blocker"));
-        if let Some(report) = report {
-            break report.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no report in the logs:\n{logs}");
-        std::thread::yield_now();
-    };
+    let report = logs.wait_for(
+        &["tokio-pulse watchdog", "unnamed-blocker"],
+        deadline.saturating_duration_since(Instant::now()),
+    );
     for expected in [
         "ERROR",
         "without yielding",

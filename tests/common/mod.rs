@@ -89,6 +89,7 @@ pub async fn wait_for(
 
 pub mod busy;
 pub mod http;
+pub mod logs;
 pub mod prometheus;
 
 /// Sleeps to 1 ms deadlines for `run`, returning how late each wake-up was,
